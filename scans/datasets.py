@@ -1,0 +1,91 @@
+"""Torch datasets of 2D slices cut from normalised volumes.
+
+All slices of all volumes are cut once, padded/cropped to ``size`` and stacked into one
+contiguous array, so ``__getitem__`` is an index plus the augmentation: the data pipeline
+stays far cheaper than a training step, and DataLoader workers share the arrays after fork.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from .preprocess import pad_or_crop
+from .volumes import LoadedCase
+
+
+class SliceStack:
+    """Stacked 2D slices of many volumes.
+
+    Attributes: ``images`` float32 (N, H, W); ``labels`` uint8 (N, H, W) or None;
+    ``case_index`` (N,) index into ``case_ids``; ``boxes`` (N, 4) ``top, left, height, width``
+    of the scanned content inside the padded slice (for crops that avoid the padding).
+    """
+
+    def __init__(self, cases: list[LoadedCase], size: tuple[int, int] = (48, 64), axis: int = 2,
+                 with_labels: bool = False, pad_value: float = 0.0):
+        if not cases:
+            raise ValueError("no cases to slice")
+        if axis not in (0, 1, 2):
+            raise ValueError(f"slice axis must be 0, 1 or 2, got {axis}")
+        self.size, self.axis = tuple(size), axis
+        self.case_ids = [c.case_id for c in cases]
+        images, labels, index, boxes = [], [], [], []
+        th, tw = self.size
+        for i, c in enumerate(cases):
+            if with_labels and c.label is None:
+                raise ValueError(f"case {c.case_id} has no label")
+            vol = np.moveaxis(c.image, axis, 0)
+            n, h, w = vol.shape
+            images.append(np.moveaxis(pad_or_crop(np.moveaxis(vol, 0, -1), self.size, pad_value), -1, 0))
+            if with_labels:
+                lab = np.moveaxis(c.label, axis, 0)
+                labels.append(np.moveaxis(pad_or_crop(np.moveaxis(lab, 0, -1), self.size, 0), -1, 0).astype(np.uint8))
+            ch, cw = min(h, th), min(w, tw)
+            boxes.append(np.tile([(th - ch) // 2, (tw - cw) // 2, ch, cw], (n, 1)))
+            index.append(np.full(n, i))
+        self.images = np.ascontiguousarray(np.concatenate(images), dtype=np.float32)
+        self.labels = np.ascontiguousarray(np.concatenate(labels)) if with_labels else None
+        self.case_index = np.concatenate(index)
+        self.boxes = np.concatenate(boxes).astype(np.int64)
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+
+class UnlabelledSlices(Dataset):
+    """Slices for pretraining. Item: ``transform(image HxW float32)`` or a float32 tensor (1, H, W)."""
+
+    def __init__(self, cases: list[LoadedCase], size=(48, 64), axis: int = 2, transform=None):
+        self.stack = SliceStack(cases, size, axis, with_labels=False)
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.stack)
+
+    def __getitem__(self, i: int):
+        img = self.stack.images[i]
+        if self.transform is not None:
+            return self.transform(img, self.stack.boxes[i])
+        return torch.from_numpy(img.copy())[None]
+
+
+class LabelledSlices(Dataset):
+    """Slices with masks for fine-tuning. Item: (image float32 (1, H, W), mask int64 (H, W)).
+
+    ``transform`` is an albumentations transform applied to image and mask together.
+    """
+
+    def __init__(self, cases: list[LoadedCase], size=(48, 64), axis: int = 2, transform=None):
+        self.stack = SliceStack(cases, size, axis, with_labels=True)
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.stack)
+
+    def __getitem__(self, i: int):
+        img, mask = self.stack.images[i], self.stack.labels[i]
+        if self.transform is not None:
+            out = self.transform(image=img, mask=mask)
+            img, mask = out["image"], out["mask"]
+        return torch.from_numpy(np.ascontiguousarray(img, dtype=np.float32))[None], torch.from_numpy(np.asarray(mask, dtype=np.int64))
