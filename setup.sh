@@ -9,6 +9,6 @@ stamp=.venv/.ssl-medseg-installed
 want=$(sha256sum pyproject.toml | cut -d' ' -f1)
 if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
     .venv/bin/python -m pip install --quiet --upgrade pip
-    .venv/bin/python -m pip install --quiet -e ".[test]"
+    .venv/bin/python -m pip install --quiet -e ".[test]" --config-settings editable_mode=compat
     echo "$want" > "$stamp"
 fi

@@ -107,9 +107,11 @@ def read_image2d(path: str | os.PathLike) -> Volume:
         if ext in (".tif", ".tiff"):
             import tifffile
 
-            arr = tifffile.imread(str(path))
-            if arr.ndim == 3 and arr.shape[-1] not in (3, 4):  # pages first
-                arr = np.moveaxis(arr, 0, -1)
+            with tifffile.TiffFile(str(path)) as tif:
+                axes = tif.series[0].axes
+                arr = tif.asarray()
+            if arr.ndim == 3 and not axes.endswith("S"):  # a stack of grayscale pages: (pages, H, W)
+                return Volume(np.ascontiguousarray(np.moveaxis(arr, 0, -1)), (1.0, 1.0, 1.0), np.eye(4), str(path), str(arr.dtype))
         else:
             from PIL import Image
 

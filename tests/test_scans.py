@@ -1,0 +1,304 @@
+"""Readers, discovery, normalisation, splits, datasets and the scans CLI."""
+import json
+import shutil
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import scans
+from scans.__main__ import main as scans_main
+from scans.augment import segmentation_augment
+
+
+def write_nifti(path, arr, spacing=(1.0, 1.0, 1.0)):
+    affine = np.diag(list(spacing) + [1.0])
+    nib.save(nib.Nifti1Image(arr, affine), str(path))
+
+
+def write_dicom_series(folder, volume, series_uid=None, slope=2.0, intercept=-100.0, spacing=(0.5, 0.7), gap=3.0):
+    """A 16-bit DICOM series of ``volume`` (rows, cols, slices), files written in shuffled order."""
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
+
+    folder.mkdir(parents=True, exist_ok=True)
+    series_uid = series_uid or generate_uid()
+    n = volume.shape[2]
+    for k in np.random.default_rng(0).permutation(n):
+        meta = FileMetaDataset()
+        meta.MediaStorageSOPClassUID = CTImageStorage
+        meta.MediaStorageSOPInstanceUID = generate_uid()
+        meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        ds = Dataset()
+        ds.file_meta = meta
+        ds.SOPClassUID, ds.SOPInstanceUID = CTImageStorage, meta.MediaStorageSOPInstanceUID
+        ds.SeriesInstanceUID, ds.StudyInstanceUID, ds.Modality = series_uid, generate_uid(), "CT"
+        ds.Rows, ds.Columns = volume.shape[:2]
+        ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
+        ds.RescaleSlope, ds.RescaleIntercept = slope, intercept
+        ds.PixelSpacing = list(spacing)
+        ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
+        ds.ImagePositionPatient = [0.0, 0.0, float(k * gap)]
+        ds.InstanceNumber = int(n - k)  # deliberately disagrees with position: position wins
+        ds.PixelData = volume[:, :, k].astype(np.uint16).tobytes()
+        ds.save_as(str(folder / f"slice{k:03d}.dcm"), enforce_file_format=True)
+
+
+# ---------------------------------------------------------------- readers
+
+def test_nifti_keeps_spacing_affine_and_dtype(tmp_path):
+    arr = np.arange(4 * 5 * 6, dtype=np.int16).reshape(4, 5, 6)
+    write_nifti(tmp_path / "a.nii.gz", arr, spacing=(0.8, 0.9, 2.5))
+    v = scans.read_volume(tmp_path / "a.nii.gz")
+    assert v.array.shape == (4, 5, 6) and np.array_equal(v.array, arr)
+    assert v.spacing == pytest.approx((0.8, 0.9, 2.5))
+    assert v.affine[2, 2] == pytest.approx(2.5) and v.dtype == "int16"
+    write_nifti(tmp_path / "b.nii", arr.astype(np.float32))
+    assert scans.read_volume(tmp_path / "b.nii").array.dtype == np.float32
+
+
+def test_dicom_series_sorted_by_position_with_rescale(tmp_path):
+    vol = np.random.default_rng(1).integers(0, 4000, size=(8, 10, 5)).astype(np.uint16)
+    write_dicom_series(tmp_path / "series", vol)
+    v = scans.read_volume(tmp_path / "series")
+    assert v.array.shape == (8, 10, 5)
+    np.testing.assert_allclose(v.array, vol * 2.0 - 100.0)
+    assert v.spacing == pytest.approx((0.5, 0.7, 3.0))
+    w = scans.read_dicom_series(tmp_path / "series", window=(1000.0, 400.0))
+    assert w.array.min() >= 800 and w.array.max() <= 1200
+
+
+def test_dicom_mixed_series_is_an_error(tmp_path):
+    vol = np.zeros((4, 4, 2), dtype=np.uint16)
+    write_dicom_series(tmp_path / "mixed", vol)
+    other = tmp_path / "other"
+    write_dicom_series(other, vol)
+    shutil.copy(other / "slice000.dcm", tmp_path / "mixed" / "extra.dcm")
+    with pytest.raises(scans.ScanError, match="mixes 2 DICOM series") as e:
+        scans.read_volume(tmp_path / "mixed")
+    assert "mixed" in str(e.value)
+
+
+@pytest.mark.parametrize("ext", [".png", ".tif"])
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16])
+def test_png_tiff_8_and_16_bit(tmp_path, ext, dtype):
+    arr = np.random.default_rng(0).integers(0, np.iinfo(dtype).max, size=(12, 9)).astype(dtype)
+    path = tmp_path / f"img{ext}"
+    if ext == ".png":
+        Image.fromarray(arr).save(path)
+    else:
+        import tifffile
+        tifffile.imwrite(path, arr)
+    v = scans.read_volume(path)
+    assert v.array.shape == (12, 9, 1) and v.array.dtype == dtype
+    assert np.array_equal(v.array[..., 0], arr)
+
+
+def test_multipage_tiff_and_npy(tmp_path):
+    import tifffile
+    stack = np.random.default_rng(0).integers(0, 60000, size=(3, 7, 5)).astype(np.uint16)
+    tifffile.imwrite(tmp_path / "stack.tiff", stack)
+    v = scans.read_volume(tmp_path / "stack.tiff")
+    assert v.array.shape == (7, 5, 3) and np.array_equal(v.array[..., 1], stack[1])
+    np.save(tmp_path / "v.npy", stack.astype(np.float32))
+    assert scans.read_volume(tmp_path / "v.npy").array.shape == (3, 7, 5)
+
+
+def test_truncated_nifti_names_the_file(tmp_path, data_dir):
+    src = data_dir / "imagesTr" / "hippocampus_001.nii.gz"
+    (tmp_path / "t.nii.gz").write_bytes(src.read_bytes()[:3000])
+    with pytest.raises(scans.ScanError, match="t.nii.gz: cannot read NIfTI"):
+        scans.read_volume(tmp_path / "t.nii.gz")
+
+
+def test_unknown_extension_and_missing_file(tmp_path):
+    (tmp_path / "scan.xyz").write_bytes(b"x")
+    with pytest.raises(scans.ScanError, match="unknown extension '.xyz'"):
+        scans.read_volume(tmp_path / "scan.xyz")
+    with pytest.raises(scans.ScanError, match="no such file"):
+        scans.read_volume(tmp_path / "nope.nii.gz")
+
+
+# ---------------------------------------------------------------- discovery
+
+def test_msd_discovery_with_dataset_json(data_dir):
+    cases = scans.find_cases(data_dir)
+    assert len(cases) == 260 and all(c.label for c in cases)
+    assert cases[0].case_id == "hippocampus_001"
+
+
+def test_msd_pairing_without_json_and_channel_suffix(tmp_path):
+    for sub in ("imagesTr", "labelsTr"):
+        (tmp_path / sub).mkdir()
+    write_nifti(tmp_path / "imagesTr" / "case_a_0000.nii.gz", np.zeros((3, 3, 3), np.float32))
+    write_nifti(tmp_path / "labelsTr" / "case_a.nii.gz", np.zeros((3, 3, 3), np.uint8))
+    write_nifti(tmp_path / "imagesTr" / "case_b_0000.nii.gz", np.zeros((3, 3, 3), np.float32))
+    cases = scans.find_cases(tmp_path)
+    assert [(c.case_id, c.label is not None) for c in cases] == [("case_a", True), ("case_b", False)]
+
+
+def test_plain_folder_recursive(tmp_path):
+    write_nifti(tmp_path / "p1" / "t1.nii.gz", np.zeros((3, 3, 3), np.float32)) if (tmp_path / "p1").mkdir() is None else None
+    Image.fromarray(np.zeros((4, 4), np.uint8)).save(tmp_path / "slice.png")
+    write_dicom_series(tmp_path / "p2" / "ct", np.zeros((4, 4, 2), np.uint16))
+    (tmp_path / "notes.txt").write_text("ignored")
+    ids = [c.case_id for c in scans.find_cases(tmp_path)]
+    assert ids == ["p1_t1", "p2_ct", "slice"]
+
+
+@pytest.mark.parametrize("kind", ["missing", "empty", "unknown"])
+def test_bad_folders(tmp_path, kind):
+    target = tmp_path / "d"
+    if kind != "missing":
+        target.mkdir()
+    if kind == "unknown":
+        (target / "scan.xyz").write_bytes(b"x")
+    with pytest.raises(scans.ScanError) as e:
+        scans.find_cases(target)
+    assert str(target) in str(e.value)
+
+
+# ---------------------------------------------------------------- loading and checks
+
+def _case(tmp_path, image, label):
+    write_nifti(tmp_path / "img.nii.gz", image)
+    write_nifti(tmp_path / "lab.nii.gz", label)
+    return scans.Case("c", str(tmp_path / "img.nii.gz"), str(tmp_path / "lab.nii.gz"))
+
+
+def test_shape_mismatch_is_an_error(tmp_path):
+    case = _case(tmp_path, np.zeros((4, 4, 4), np.float32), np.zeros((4, 4, 3), np.uint8))
+    with pytest.raises(scans.ScanError, match=r"lab.nii.gz: label shape \(4, 4, 3\) does not match"):
+        scans.load_case(case, cache=False)
+
+
+def test_non_integer_labels_are_an_error(tmp_path):
+    case = _case(tmp_path, np.zeros((4, 4, 4), np.float32), np.full((4, 4, 4), 0.5, np.float32))
+    with pytest.raises(scans.ScanError, match="lab.nii.gz: label values are not integers"):
+        scans.load_case(case, cache=False)
+
+
+def test_float_labels_holding_integers_are_cast(tmp_path):
+    lab = np.zeros((4, 4, 4), np.float32)
+    lab[1, 1, 1] = 2
+    loaded = scans.load_case(_case(tmp_path, np.random.rand(4, 4, 4).astype(np.float32), lab), cache=False)
+    assert loaded.label.dtype == np.int64 and loaded.label[1, 1, 1] == 2
+
+
+def test_normalisation_modes():
+    x = np.random.default_rng(0).normal(1000, 300, size=(10, 10, 10))
+    mm = scans.normalize(x, scans.Normalization("minmax"))
+    assert mm.dtype == np.float32 and mm.min() == 0 and mm.max() == pytest.approx(1)
+    z = scans.normalize(x, scans.Normalization("zscore", clip=None))
+    assert abs(z.mean()) < 1e-4 and z.std() == pytest.approx(1, abs=1e-4)
+    ct = scans.normalize(np.array([-2000.0, 40.0, 3000.0]), scans.Normalization("none", clip=None, window=(40, 400)))
+    assert ct.tolist() == [-160.0, 40.0, 240.0]
+    with pytest.raises(ValueError, match="mode"):
+        scans.Normalization("robust")
+
+
+def test_pad_or_crop_and_slicing():
+    img = np.ones((35, 70), np.float32)
+    out = scans.pad_or_crop(img, (48, 64))
+    assert out.shape == (48, 64) and out[:6].sum() == 0 and out[6:41].all()
+    assert len(scans.slice_volume(np.zeros((3, 4, 5)), axis=1)) == 4
+
+
+def test_cache_avoids_second_decode(small_msd, monkeypatch):
+    scans.clear_cache()
+    cases = scans.find_cases(small_msd)[:2]
+    first = scans.load_cases(cases)
+    import scans.volumes as volumes
+    monkeypatch.setattr(volumes, "read_volume", lambda *a, **k: pytest.fail("decoded twice"))
+    again = scans.load_cases(cases)
+    assert all(a is b for a, b in zip(first, again))
+
+
+# ---------------------------------------------------------------- splits
+
+def test_splits_nested_disjoint_deterministic():
+    ids = [f"case_{i:03d}" for i in range(260)]
+    a = scans.make_splits(ids, 0.2, 0, (0.01, 0.1, 1.0), (0, 1, 2))
+    assert a == scans.make_splits(ids, 0.2, 0, (1.0, 0.1, 0.01), (0, 1, 2))
+    test = set(a["test"])
+    assert len(test) == 52 and not test & set(a["train_pool"])
+    for s in ("0", "1", "2"):
+        f = {k: set(v) for k, v in a["label_fractions"][s].items()}
+        assert f["0.01"] <= f["0.1"] <= f["1.0"] == set(a["train_pool"])
+        assert len(f["0.01"]) == 2 and len(f["0.1"]) == 21
+    assert a["label_fractions"]["0"]["0.1"] != a["label_fractions"]["1"]["0.1"]
+    assert scans.make_splits(ids, 0.2, 1)["test"] != a["test"]
+
+
+def test_tiny_fraction_keeps_one_case_and_bad_fraction_fails():
+    s = scans.make_splits([f"c{i}" for i in range(10)], 0.2, 0, (0.01, 1.0), (0,))
+    assert len(s["label_fractions"]["0"]["0.01"]) == 1
+    for bad in (0.0, 1.5, -0.1):
+        with pytest.raises(ValueError, match="label fraction must be in"):
+            scans.make_splits(["a", "b", "c"], 0.3, 0, (bad,), (0,))
+
+
+def test_select_cases_errors(tmp_path):
+    path = tmp_path / "s.json"
+    scans.write_json_atomic(scans.make_splits([f"c{i}" for i in range(10)], 0.2, 0, (0.5, 1.0), (0,)), path)
+    s = scans.load_splits(path)
+    assert len(scans.select_cases(s, 0.5, 0)) == 4
+    with pytest.raises(scans.ScanError, match="no label fraction 0.1"):
+        scans.select_cases(s, 0.1, 0)
+    with pytest.raises(scans.ScanError, match="no label fractions for seed 3"):
+        scans.select_cases(s, 0.5, 3)
+
+
+# ---------------------------------------------------------------- datasets
+
+def test_datasets_types_and_shapes(small_msd):
+    loaded = scans.load_cases(scans.find_cases(small_msd))
+    ds = scans.LabelledSlices(loaded, size=(48, 64), transform=segmentation_augment("default"))
+    img, mask = ds[5]
+    assert img.shape == (1, 48, 64) and img.dtype == torch.float32 and torch.isfinite(img).all()
+    assert mask.shape == (48, 64) and mask.dtype == torch.int64 and set(mask.unique().tolist()) <= {0, 1, 2}
+    assert len(ds) == sum(c.image.shape[2] for c in loaded)
+    un = scans.UnlabelledSlices(loaded, size=(48, 64))
+    x = un[0]
+    assert x.shape == (1, 48, 64) and x.dtype == torch.float32
+    top, left, h, w = un.stack.boxes[0]
+    assert h == loaded[0].image.shape[0] and w == loaded[0].image.shape[1]
+
+
+def test_augment_keeps_image_and_mask_aligned():
+    aug = segmentation_augment("light")
+    img = np.zeros((48, 64), np.float32)
+    img[10:20, 10:30] = 1.0
+    mask = (img > 0.5).astype(np.uint8)
+    for _ in range(5):
+        out = aug(image=img, mask=mask)
+        assert np.array_equal(out["image"] > 0.5, out["mask"] > 0) or (np.abs((out["image"] > 0.5) ^ (out["mask"] > 0)).mean() < 0.02)
+
+
+# ---------------------------------------------------------------- CLI
+
+def test_cli_summary_and_split(data_dir, tmp_path, capsys):
+    out1, out2 = tmp_path / "s1.json", tmp_path / "s2.json"
+    for out in (out1, out2):
+        assert scans_main(["split", str(data_dir), "--seeds", "0", "1", "--out", str(out)]) == 0
+    assert out1.read_bytes() == out2.read_bytes()
+    assert json.loads(out1.read_text())["num_cases"] == 260
+
+
+def test_cli_bad_input_one_line_and_no_output(tmp_path, data_dir, capsys):
+    (tmp_path / "bad" / "imagesTr").mkdir(parents=True)
+    (tmp_path / "bad" / "labelsTr").mkdir()
+    src = data_dir / "imagesTr" / "hippocampus_001.nii.gz"
+    (tmp_path / "bad" / "imagesTr" / "hippocampus_001.nii.gz").write_bytes(src.read_bytes()[:3000])
+    shutil.copy(data_dir / "labelsTr" / "hippocampus_001.nii.gz", tmp_path / "bad" / "labelsTr")
+    assert scans_main(["summary", str(tmp_path / "bad")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "hippocampus_001.nii.gz" in err[0] and "Traceback" not in err[0]
+    out = tmp_path / "split.json"
+    assert scans_main(["split", str(data_dir), "--fractions", "0.1", "1.5", "--out", str(out)]) == 2
+    assert "label fraction must be in (0, 1], got 1.5" in capsys.readouterr().err
+    assert not out.exists()
+    assert scans_main(["summary", str(tmp_path / "missing")]) == 2
