@@ -1,0 +1,75 @@
+"""Jigsaw puzzles (Noroozi and Favaro 2016, arXiv:1603.09246).
+
+Views: a square region inside the scanned content is cut into a 3x3 grid. From each cell a
+tile smaller than the cell is taken at a random offset (a gap between tiles and per-tile
+jitter, so edges do not continue across tiles), resized to ``tile x tile`` pixels (hippocampus
+slices give cells of only ~12 px; an encoder with stride 16 needs larger inputs) and
+normalised on its own (no brightness cue). The tiles are shuffled by one permutation of a
+fixed set chosen by maximal Hamming distance; the model predicts its index.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from models import JigsawHead, jigsaw_permutations, pooled_features
+
+from .views import accuracy, content, random_square, resize
+
+GRID = 3
+
+
+class JigsawViews:
+    """(padded slice HxW, content box) -> (tiles float32 (9, 1, T, T), permutation index)."""
+
+    def __init__(self, permutations: torch.Tensor, tile: int = 32, tile_fraction: float = 0.8):
+        if not 0.3 <= tile_fraction <= 1.0:
+            raise ValueError(f"tile fraction must be in [0.3, 1], got {tile_fraction}")
+        self.perms = permutations.numpy()
+        self.tile, self.tile_fraction = tile, tile_fraction
+
+    def __call__(self, img: np.ndarray, box):
+        rng = np.random.default_rng(np.random.randint(2**31))
+        region = random_square(content(img, box), rng)
+        cell = region.shape[0] // GRID
+        t = max(2, int(round(cell * self.tile_fraction)))
+        tiles = []
+        for r in range(GRID):
+            for c in range(GRID):
+                dy, dx = rng.integers(0, cell - t + 1, size=2)
+                patch = resize(region[r * cell + dy : r * cell + dy + t, c * cell + dx : c * cell + dx + t], (self.tile, self.tile))
+                tiles.append((patch - patch.mean()) / (patch.std() + 1e-5))
+        label = int(rng.integers(len(self.perms)))
+        shuffled = np.stack([tiles[i] for i in self.perms[label]])
+        return torch.from_numpy(shuffled)[:, None], label
+
+
+class JigsawModel(nn.Module):
+    """Encoder shared across tiles + MLP. Input (B, 9, 1, T, T) -> tile features (B, 9, C) -> logits (B, P)."""
+
+    def __init__(self, encoder: nn.Module, permutations: torch.Tensor):
+        super().__init__()
+        self.encoder = encoder
+        self.register_buffer("permutations", permutations.clone(), persistent=True)
+        self.head = JigsawHead(encoder.channels[-1], permutations.shape[1], len(permutations))
+
+    def forward(self, batch) -> dict:
+        tiles, target = batch
+        b, n = tiles.shape[:2]
+        feats = pooled_features(self.encoder, tiles.flatten(0, 1)).view(b, n, -1)
+        logits = self.head(feats)
+        return {"loss": F.cross_entropy(logits, target), "accuracy": accuracy(logits.detach(), target)}
+
+    def preview(self, batch) -> torch.Tensor:
+        """The shuffled tiles of the first 2 puzzles: (18, 1, T, T), rescaled to [0, 1]."""
+        t = batch[0][:2].flatten(0, 1)
+        lo, hi = t.amin(dim=(1, 2, 3), keepdim=True), t.amax(dim=(1, 2, 3), keepdim=True)
+        return (t - lo) / (hi - lo + 1e-5)
+
+
+def build(args, encoder):
+    perms = jigsaw_permutations(args.num_permutations, GRID * GRID, seed=0)
+    return JigsawViews(perms, args.tile, args.tile_fraction), JigsawModel(encoder, perms), {
+        "chance": 1.0 / len(perms), "permutations": perms.tolist()}

@@ -1,0 +1,56 @@
+"""Rotation prediction (Gidaris, Singh and Komodakis 2018, arXiv:1803.07728).
+
+Views: a random square crop taken inside the scanned content (no zero padding, whose position
+would give the rotation away), of random size and position (so the absolute position of
+anatomy in the crop varies), resized to ``crop x crop``. The model rotates every crop by
+0/90/180/270 degrees on the device and predicts which: 4-way cross-entropy.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from models import RotationHead, pooled_features
+
+from .views import accuracy, content, random_square, resize
+
+
+class RotationViews:
+    """(padded slice HxW, content box) -> float32 tensor (1, crop, crop)."""
+
+    def __init__(self, crop: int = 32, min_side: float = 0.6):
+        self.crop, self.min_side = crop, min_side
+
+    def __call__(self, img: np.ndarray, box) -> torch.Tensor:
+        sq = random_square(content(img, box), np.random.default_rng(np.random.randint(2**31)), self.min_side)
+        return torch.from_numpy(resize(sq, (self.crop, self.crop)))[None]
+
+
+class RotationModel(nn.Module):
+    """Encoder + linear head. Input (B, 1, S, S) -> all four rotations (4B, 1, S, S) -> logits (4B, 4)."""
+
+    def __init__(self, encoder: nn.Module):
+        super().__init__()
+        self.encoder = encoder
+        self.head = RotationHead(encoder.channels[-1], 4)
+
+    @staticmethod
+    def rotate_all(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        rotated = torch.cat([torch.rot90(x, k, dims=(2, 3)) for k in range(4)])
+        target = torch.arange(4, device=x.device).repeat_interleave(len(x))
+        return rotated, target
+
+    def forward(self, x: torch.Tensor) -> dict:
+        rotated, target = self.rotate_all(x)
+        logits = self.head(pooled_features(self.encoder, rotated))
+        return {"loss": F.cross_entropy(logits, target), "accuracy": accuracy(logits.detach(), target)}
+
+    def preview(self, x: torch.Tensor) -> torch.Tensor:
+        """The four rotations of the first 4 crops: (16, 1, S, S)."""
+        return self.rotate_all(x[:4])[0]
+
+
+def build(args, encoder):
+    return RotationViews(args.crop, args.min_side), RotationModel(encoder), {"chance": 0.25}

@@ -1,0 +1,197 @@
+"""Pretext tasks: views, losses against a reference, end-to-end runs, resume, DDP negatives."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+import models
+import pretrain
+import scans
+from pretrain import jigsaw, rotation, simclr
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(scope="module")
+def split_file(tmp_path_factory, data_dir):
+    path = tmp_path_factory.mktemp("split") / "splits.json"
+    ids = [c.case_id for c in scans.find_cases(data_dir)]
+    scans.write_json_atomic(scans.make_splits(ids, 0.2, 0, (0.1, 1.0), (0,)), path)
+    return path
+
+
+def pretrain_args(task, out, split, *extra):
+    return pretrain.get_args_parser().parse_args(
+        ["--task", task, "--split", str(split), "--out", str(out), "--steps", "3", "--batch-size", "8",
+         "--max-cases", "3", "--log-every", "1", "--num-permutations", "10", *extra])
+
+
+# ---------------------------------------------------------------- views
+
+def _slice_with_padding():
+    img = np.zeros((48, 64), np.float32)
+    img[6:42, 6:58] = np.random.default_rng(0).random((36, 52))
+    return img, np.array([6, 6, 36, 52])
+
+
+def test_rotation_views_come_from_inside_the_content():
+    img, box = _slice_with_padding()
+    for _ in range(20):
+        v = rotation.RotationViews(crop=32)(img, box)
+        assert v.shape == (1, 32, 32) and (v > 0).float().mean() > 0.97  # no padding zeros
+
+
+def test_rotation_model_targets_match_rotations():
+    x = torch.randn(3, 1, 8, 8)
+    rotated, target = rotation.RotationModel.rotate_all(x)
+    assert rotated.shape == (12, 1, 8, 8) and target.tolist() == [0] * 3 + [1] * 3 + [2] * 3 + [3] * 3
+    assert torch.equal(rotated[4], torch.rot90(x[1], 1, dims=(1, 2)))
+
+
+def test_jigsaw_views_are_normalised_permuted_tiles():
+    perms = models.jigsaw_permutations(10)
+    img, box = _slice_with_padding()
+    tiles, label = jigsaw.JigsawViews(perms, tile=32)(img, box)
+    assert tiles.shape == (9, 1, 32, 32) and 0 <= label < 10
+    assert torch.allclose(tiles.mean(dim=(1, 2, 3)), torch.zeros(9), atol=1e-4)
+    assert torch.allclose(tiles.std(dim=(1, 2, 3), unbiased=False), torch.ones(9), atol=1e-2)
+
+
+def test_simclr_views_differ_and_keep_float_precision():
+    img, box = _slice_with_padding()
+    a, b = simclr.SimCLRViews(size=(40, 56))(img, box)
+    assert a.shape == b.shape == (1, 40, 56) and a.dtype == torch.float32
+    assert not torch.equal(a, b)
+    assert len(torch.unique(a)) > 256  # not quantised to 8 bits
+
+
+# ---------------------------------------------------------------- losses
+
+def reference_ntxent(z0, z1, t, rows=None):
+    """Slow, obviously-correct NT-Xent over a global batch; mean over ``rows`` of the 2N rows."""
+    z = F.normalize(torch.cat([z0, z1]), dim=1)
+    n = len(z0)
+    losses = []
+    for i in range(2 * n):
+        pos = i + n if i < n else i - n
+        sims = torch.stack([z[i] @ z[k] / t for k in range(2 * n) if k != i])
+        losses.append(-(z[i] @ z[pos] / t) + torch.logsumexp(sims, 0))
+    losses = torch.stack(losses)
+    return losses.mean() if rows is None else losses[rows].mean()
+
+
+def test_ntxent_matches_reference():
+    torch.manual_seed(0)
+    z0, z1 = torch.randn(6, 16), torch.randn(6, 16)
+    from lightly.loss import NTXentLoss
+    assert torch.allclose(NTXentLoss(temperature=0.3)(z0, z1), reference_ntxent(z0, z1, 0.3), atol=1e-5)
+
+
+def test_positive_accuracy():
+    z = torch.eye(4)
+    assert simclr.positive_accuracy(z, z + 0.01).item() == 1.0
+    assert simclr.positive_accuracy(z, torch.roll(z, 1, 0)).item() == 0.0
+
+
+# ---------------------------------------------------------------- end to end
+
+@pytest.mark.parametrize("task", ["rotation", "jigsaw", "simclr"])
+def test_each_task_end_to_end(task, tmp_path, split_file):
+    out = tmp_path / task
+    res = pretrain.run(pretrain_args(task, out, split_file))
+    assert res["status"] == "done" and res["step"] == 3
+    assert any(f.name.startswith("events.out.tfevents") for f in out.iterdir())
+    rows = [json.loads(l) for l in (out / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2, 3] and all(np.isfinite(r["loss"]) for r in rows)
+    cfg = json.loads((out / "config.json").read_text())
+    test_ids = set(json.loads(split_file.read_text())["test"])
+    assert cfg["cases"] and not set(cfg["cases"]) & test_ids
+    meta = models.load_checkpoint_meta(out / "encoder.pt")
+    for arch in ("unet", "transunet"):
+        seg = models.create_segmenter(arch, "unet_tiny", num_classes=3)
+        models.load_encoder(seg, out / "encoder.pt")
+    assert (meta.get("meta", meta)).get("pretext", task) == task
+    again = pretrain.run(pretrain_args(task, out, split_file))  # finished run: nothing more to do
+    assert again["step"] == 3
+
+
+def _cli(out, split, steps, *extra):
+    return [sys.executable, "-m", "pretrain", "--task", "rotation", "--split", str(split), "--out", str(out),
+            "--steps", str(steps), "--batch-size", "4", "--max-cases", "2", "--ckpt-every", "5", "--log-every", "1", *extra]
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL])
+def test_interrupt_and_resume(sig, tmp_path, split_file):
+    out = tmp_path / "run"
+    env = {**os.environ, "NO_ALBUMENTATIONS_UPDATE": "1"}
+    proc = subprocess.Popen(_cli(out, split_file, 400), cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    deadline = time.time() + 120
+    while not (out / "checkpoint.pt").exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.02)
+    proc.send_signal(sig)
+    log = proc.communicate(timeout=60)[0].decode()
+    assert proc.returncode != 0, log
+    ckpt = torch.load(out / "checkpoint.pt", weights_only=False)
+    assert 5 <= ckpt["step"] < 400
+    done = subprocess.run(_cli(out, split_file, 400), cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert f"resuming from {out / 'checkpoint.pt'} at step {ckpt['step']}" in done.stdout
+    assert json.loads((out / "summary.json").read_text())["step"] == 400
+    steps = [json.loads(l)["step"] for l in (out / "log.jsonl").read_text().splitlines()]
+    assert steps == sorted(set(steps)) and steps[-1] == 400
+
+
+def test_simclr_two_processes_gather_negatives(tmp_path, split_file):
+    """torchrun, 2 CPU processes (gloo): the loss on each rank uses negatives from both ranks."""
+    script = tmp_path / "ddp_check.py"
+    script.write_text(DDP_CHECK)
+    env = {**os.environ, "NO_ALBUMENTATIONS_UPDATE": "1", "OMP_NUM_THREADS": "1"}
+    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533",
+                        str(script), str(tmp_path)], cwd=ROOT, env=env, capture_output=True, text=True, timeout=240)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    for rank in (0, 1):
+        res = json.loads((tmp_path / f"rank{rank}.json").read_text())
+        assert res["gathered"] == pytest.approx(res["reference_global"], abs=1e-4)
+        assert abs(res["gathered"] - res["local_only"]) > 1e-3
+    # and the real training entry point runs as two processes
+    out = tmp_path / "ddp_run"
+    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29534",
+                        "-m", "pretrain", "--task", "simclr", "--split", str(split_file), "--out", str(out),
+                        "--steps", "2", "--batch-size", "4", "--max-cases", "2", "--device", "cpu"],
+                       cwd=ROOT, env=env, capture_output=True, text=True, timeout=240)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert json.loads((out / "summary.json").read_text())["world_size"] == 2
+
+
+DDP_CHECK = r'''
+import json, sys
+import torch, torch.distributed as dist
+sys.path.insert(0, "tests")
+from test_pretrain import reference_ntxent
+import models
+from pretrain.simclr import SimCLRModel
+dist.init_process_group("gloo")
+rank, world = dist.get_rank(), dist.get_world_size()
+torch.manual_seed(0)
+model = SimCLRModel(models.create_encoder("unet_tiny"), temperature=0.5, gather=True).eval()
+local = SimCLRModel(models.create_encoder("unet_tiny"), temperature=0.5, gather=False).eval()
+local.load_state_dict(model.state_dict())
+g = torch.Generator().manual_seed(1)
+x0, x1 = torch.rand(2 * world, 1, 32, 32, generator=g), torch.rand(2 * world, 1, 32, 32, generator=g)
+mine = slice(2 * rank, 2 * rank + 2)
+with torch.no_grad():
+    gathered = model((x0[mine], x1[mine]))["loss"].item()
+    local_only = local((x0[mine], x1[mine]))["loss"].item()
+    z0 = model.head(models.pooled_features(model.encoder, x0)); z1 = model.head(models.pooled_features(model.encoder, x1))
+    n = len(x0); rows = list(range(2 * rank, 2 * rank + 2)) + list(range(n + 2 * rank, n + 2 * rank + 2))
+    ref = reference_ntxent(z0, z1, 0.5, rows).item()
+json.dump({"gathered": gathered, "local_only": local_only, "reference_global": ref}, open(f"{sys.argv[1]}/rank{rank}.json", "w"))
+dist.destroy_process_group()
+'''
