@@ -64,12 +64,27 @@ def test_jigsaw_views_are_normalised_permuted_tiles():
     assert torch.allclose(tiles.std(dim=(1, 2, 3), unbiased=False), torch.ones(9), atol=1e-2)
 
 
-def test_simclr_views_differ_and_keep_float_precision():
+def test_simclr_views_differ_stay_inside_content_and_keep_float_precision():
     img, box = _slice_with_padding()
-    a, b = simclr.SimCLRViews(size=(40, 56))(img, box)
-    assert a.shape == b.shape == (1, 40, 56) and a.dtype == torch.float32
-    assert not torch.equal(a, b)
+    x, b = simclr.SliceAndBox()(img, box)
+    x, b = x[None].repeat(8, 1, 1, 1), b[None].repeat(8, 1)
+    cfg = simclr.ViewConfig(size=(40, 56), p_color=0, p_gamma=0, p_noise=0, p_blur=0)
+    a, c = simclr.make_views(x, b, cfg), simclr.make_views(x, b, cfg)
+    assert a.shape == c.shape == (8, 1, 40, 56) and a.dtype == torch.float32
+    assert not torch.equal(a, c)
+    assert (a > 0).float().mean() > 0.99  # sampled inside the content box, never the zero padding
     assert len(torch.unique(a)) > 256  # not quantised to 8 bits
+    full = simclr.make_views(x, b, simclr.ViewConfig(size=(40, 56)))
+    assert torch.isfinite(full).all()
+
+
+def test_gaussian_blur_matches_single_sample_blur():
+    x = torch.rand(3, 1, 20, 20)
+    sig = torch.tensor([0.5, 1.0, 1.5])
+    out = simclr.gaussian_blur(x, sig)
+    one = simclr.gaussian_blur(x[1:2], sig[1:2].expand(1))
+    assert out.shape == x.shape and out[1].std() < x[1].std()
+    assert torch.allclose(out[1], one[0], atol=1e-2)  # kernel radius differs, values agree closely
 
 
 # ---------------------------------------------------------------- losses
@@ -187,8 +202,8 @@ g = torch.Generator().manual_seed(1)
 x0, x1 = torch.rand(2 * world, 1, 32, 32, generator=g), torch.rand(2 * world, 1, 32, 32, generator=g)
 mine = slice(2 * rank, 2 * rank + 2)
 with torch.no_grad():
-    gathered = model((x0[mine], x1[mine]))["loss"].item()
-    local_only = local((x0[mine], x1[mine]))["loss"].item()
+    gathered = model.loss_on_views(x0[mine], x1[mine])["loss"].item()
+    local_only = local.loss_on_views(x0[mine], x1[mine])["loss"].item()
     z0 = model.head(models.pooled_features(model.encoder, x0)); z1 = model.head(models.pooled_features(model.encoder, x1))
     n = len(x0); rows = list(range(2 * rank, 2 * rank + 2)) + list(range(n + 2 * rank, n + 2 * rank + 2))
     ref = reference_ntxent(z0, z1, 0.5, rows).item()
