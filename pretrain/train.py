@@ -117,6 +117,7 @@ def finished(out: Path, args) -> dict | None:
 
 def run(args) -> dict:
     """Train; return the summary dict (also written to RUN_DIR/summary.json)."""
+    t_start = time.time()
     if args.task not in TASKS:
         raise ValueError(f"unknown task {args.task!r}; expected one of {sorted(TASKS)}")
     device = runtime.resolve_device(args.device)
@@ -149,7 +150,7 @@ def run(args) -> dict:
         model.to(memory_format=torch.channels_last)
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
     scaler = torch.amp.GradScaler("cuda", enabled=args.amp and cuda)
-    step = 0
+    step, elapsed_before = 0, 0.0
     ckpt = runtime.load_checkpoint(out)
     if ckpt is not None:
         check_resume(ckpt, args)
@@ -157,7 +158,7 @@ def run(args) -> dict:
         optimizer.load_state_dict(ckpt["optimizer"])
         scaler.load_state_dict(ckpt["scaler"])
         runtime.restore_rng(ckpt["rng"])
-        step = ckpt["step"]
+        step, elapsed_before = ckpt["step"], ckpt.get("elapsed_s", 0.0)
         if main_proc:
             print(f"resuming from {out / runtime.CHECKPOINT} at step {step}/{total}", flush=True)
     elif main_proc:
@@ -169,6 +170,7 @@ def run(args) -> dict:
         if main_proc:
             runtime.atomic_torch_save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                                        "scaler": scaler.state_dict(), "step": step, "args": vars(args),
+                                       "elapsed_s": elapsed_before + time.time() - t_start,
                                        "rng": runtime.capture_rng()}, out / runtime.CHECKPOINT)
 
     writer = None
@@ -233,7 +235,8 @@ def run(args) -> dict:
 
     summary = {"status": "done", "task": args.task, "encoder": args.encoder, "step": step, "steps_total": total,
                "final_accuracy": final_accuracy(out / "log.jsonl", total - per_epoch), "chance": info["chance"],
-               "slices": len(dataset), "cases": len(loaded), "world_size": world}
+               "slices": len(dataset), "cases": len(loaded), "world_size": world,
+               "wall_time_s": round(elapsed_before + time.time() - t_start, 1)}
     if main_proc:
         meta = {"pretext": args.task, "data": str(args.data), "split": str(args.split),
                 "train_cases": [c.case_id for c in loaded], "config": vars(args),
@@ -254,7 +257,7 @@ def main(argv=None) -> int:
     args = get_args_parser().parse_args(argv)
     if args.slurm:
         from slurm.submit import submit_pretrain
-        return submit_pretrain(args)
+        return submit_pretrain(args, argv)
     try:
         res = run(args)
     except (scans.ScanError, ValueError, FileNotFoundError) as e:

@@ -1,0 +1,16 @@
+"""Encoder registry (timm + classic U-Net encoder), U-Net, TransUNet, pretext heads, encoder checkpoints."""
+from .checkpoint import encoder_from_checkpoint, load_checkpoint_meta, load_encoder, save_encoder
+from .encoders import ENCODERS, Encoder, TimmEncoder, UNetEncoder, create_encoder, list_encoders
+from .heads import (JigsawHead, RotationHead, SimCLRProjectionHead, jigsaw_permutations, pooled_features,
+                    simclr_projection_head)
+from .layers import count_parameters
+from .segmenters import ARCHS, create_segmenter
+from .transunet import PRESETS, TransUNet
+from .unet import UNet
+
+__all__ = [
+    "ARCHS", "ENCODERS", "Encoder", "JigsawHead", "PRESETS", "RotationHead", "SimCLRProjectionHead",
+    "TimmEncoder", "TransUNet", "UNet", "UNetEncoder", "count_parameters", "create_encoder",
+    "create_segmenter", "encoder_from_checkpoint", "jigsaw_permutations", "list_encoders",
+    "load_checkpoint_meta", "load_encoder", "pooled_features", "save_encoder", "simclr_projection_head",
+]

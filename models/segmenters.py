@@ -1,0 +1,37 @@
+"""create_segmenter: a U-Net or a TransUNet around a registered encoder."""
+from .encoders import Encoder, create_encoder
+from .transunet import TransUNet
+from .unet import UNet
+
+ARCHS = {"unet": UNet, "transunet": TransUNet}
+
+
+def create_segmenter(arch, encoder, num_classes, in_chans=1, img_size=None, **kwargs):
+    """Segmentation network `arch` ('unet' or 'transunet') over `encoder` (a registry name or an Encoder).
+
+    (B, in_chans, H, W) -> logits (B, num_classes, H, W), any H and W. kwargs go to the network
+    (UNet: up, decoder_channels; TransUNet: size, hidden, depth, heads, mlp_dim, ...), except
+    `pretrained_file` and `encoder_kwargs`, which go to create_encoder when `encoder` is a name.
+    For TransUNet a named encoder is built down to stride 16 only (max_reduction=16), and
+    `img_size` (int or (h, w); default from the size preset) sizes its position embedding; U-Net
+    ignores `img_size`. `create_segmenter("transunet", "resnet50", 9, in_chans=3, img_size=224)`
+    is the paper's R50-ViT-B/16.
+    """
+    if arch not in ARCHS:
+        raise ValueError(f"arch={arch!r}: expected one of {list(ARCHS)}")
+    encoder_kwargs = dict(kwargs.pop("encoder_kwargs", None) or {})
+    pretrained_file = kwargs.pop("pretrained_file", None)
+    if isinstance(encoder, str):
+        if arch == "transunet":
+            encoder_kwargs.setdefault("max_reduction", 16)
+        encoder = create_encoder(encoder, in_chans=in_chans, pretrained_file=pretrained_file, **encoder_kwargs)
+    elif not isinstance(encoder, Encoder):
+        raise ValueError(f"encoder={encoder!r}: expected a registry name or a models.Encoder")
+    elif encoder_kwargs or pretrained_file is not None:
+        raise ValueError("encoder_kwargs / pretrained_file apply only when encoder is given by name")
+    elif encoder.config.get("in_chans") != in_chans:
+        raise ValueError(f"in_chans={in_chans} but encoder {encoder.name!r} was built for "
+                         f"in_chans={encoder.config.get('in_chans')}")
+    if arch == "transunet":
+        return TransUNet(encoder, num_classes, img_size=img_size, **kwargs)
+    return UNet(encoder, num_classes, **kwargs)
