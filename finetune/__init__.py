@@ -1,0 +1,10 @@
+"""Segmentation fine-tuning at a label fraction, losses, per-volume 3D metrics; python -m finetune."""
+from .evaluate import evaluate_cases, predict_volume
+from .losses import LOSSES, SegmentationLoss, focal_loss, soft_dice_loss
+from .metrics import case_metrics, dice_score, hd95, summarize
+from .train import get_args_parser, main, run
+
+__all__ = [
+    "LOSSES", "SegmentationLoss", "case_metrics", "dice_score", "evaluate_cases", "focal_loss",
+    "get_args_parser", "hd95", "main", "predict_volume", "run", "soft_dice_loss", "summarize",
+]

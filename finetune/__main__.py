@@ -1,0 +1,6 @@
+"""python -m finetune: see finetune/train.py for the launch commands (or python -m finetune --help)."""
+import sys
+
+from .train import main
+
+sys.exit(main())
