@@ -1,0 +1,56 @@
+"""Reproduce the transfer-learning table.
+
+    python -m experiments reproduce --config experiments/configs/quick.yaml              # this machine
+    python -m experiments reproduce --config experiments/configs/quick.yaml --executor debug
+    python -m experiments reproduce --config experiments/configs/paper.yaml \
+        --executor slurm --profile slurm/profiles/example-gpu.yaml                      # a SLURM cluster
+    python -m experiments status --config experiments/configs/paper.yaml                 # each cell's state
+    python -m experiments collect --config experiments/configs/paper.yaml                # table from what finished
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+import scans
+from slurm import EXECUTORS
+
+from .config import load_config
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser("python -m experiments", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="cmd", required=True)
+    r = sub.add_parser("reproduce", help="run every missing run of the grid, then collect")
+    r.add_argument("--config", required=True)
+    r.add_argument("--executor", choices=EXECUTORS, default="local")
+    r.add_argument("--profile", help="SLURM profile YAML (with --executor slurm)")
+    for name, help_ in (("status", "show each run's state"), ("collect", "build the table from finished runs")):
+        s = sub.add_parser(name, help=help_)
+        s.add_argument("--config", required=True)
+    return p
+
+
+def main(argv=None) -> int:
+    args = get_args_parser().parse_args(argv)
+    try:
+        cfg = load_config(args.config)
+        if args.cmd == "reproduce":
+            if args.executor == "slurm" and not args.profile:
+                raise ValueError("--executor slurm needs --profile slurm/profiles/NAME.yaml")
+            from .reproduce import reproduce
+            res = reproduce(cfg, args.executor, args.profile)
+            return 1 if res.get("failed") else 0
+        if args.cmd == "collect":
+            from .collect import collect
+            collect(cfg)
+            return 0
+        from .status import print_status
+        return print_status(cfg)
+    except (scans.ScanError, ValueError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

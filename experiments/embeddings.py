@@ -1,0 +1,58 @@
+"""TensorBoard embedding projector: pooled features of fixed test slices from each encoder.
+
+    tensorboard --logdir runs/<name>     # PROJECTOR tab: one embedding per init
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+import models
+import scans
+
+from .config import BASE_INITS
+
+
+def encoders_of(cfg: dict) -> dict:
+    """init name -> encoder with that init's weights (random: seeded fresh encoder)."""
+    out = {}
+    for init in cfg["inits"]:
+        if init == "random":
+            torch.manual_seed(0)
+            out[init] = models.create_encoder(cfg["encoder"], in_chans=1)
+        elif init == "imagenet":
+            out[init] = models.create_encoder(cfg["encoder"], in_chans=1, pretrained_file=cfg["imagenet_weights"])
+        elif init not in BASE_INITS:
+            path = Path(cfg["runs_dir"]) / "pretrain" / f"{init}_{cfg['encoder']}" / "encoder.pt"
+            if path.is_file():
+                enc = models.create_encoder(cfg["encoder"], in_chans=1)
+                models.load_encoder(enc, path)
+                out[init] = enc
+    return out
+
+
+def test_slices(cfg: dict, n: int):
+    """``n`` evenly spaced test slices (1, 48, 64) with "case:slice" names and foreground flags."""
+    splits = scans.load_splits(Path(cfg["runs_dir"]) / "splits.json")
+    test = set(splits["test"])
+    loaded = scans.load_cases([c for c in scans.find_cases(cfg["data"]) if c.case_id in test])
+    stack = scans.SliceStack(loaded, with_labels=True)
+    pick = np.linspace(0, len(stack) - 1, min(n, len(stack))).round().astype(int)
+    names = [f"{stack.case_ids[stack.case_index[i]]}:{i}" for i in pick]
+    fg = [int(stack.labels[i].max()) for i in pick]
+    return torch.from_numpy(stack.images[pick])[:, None], names, fg
+
+
+@torch.no_grad()
+def write_embeddings(cfg: dict) -> None:
+    from torch.utils.tensorboard import SummaryWriter
+
+    x, names, fg = test_slices(cfg, int(cfg["embeddings"]["slices"]))
+    writer = SummaryWriter(str(Path(cfg["runs_dir"]) / "embeddings"))
+    meta = [[n, str(f)] for n, f in zip(names, fg)]
+    for init, enc in encoders_of(cfg).items():
+        feats = models.pooled_features(enc.eval(), x)
+        writer.add_embedding(feats, metadata=meta, metadata_header=["slice", "max_label"], label_img=x, tag=f"encoder/{init}")
+    writer.close()

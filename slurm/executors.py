@@ -1,0 +1,28 @@
+"""submitit executors: ``local`` (processes on this machine), ``debug`` (in-process) and
+``slurm`` (sbatch through submitit's AutoExecutor, parameters from a profile YAML)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import submitit
+
+EXECUTORS = ("local", "debug", "slurm")
+
+
+def make_executor(kind: str, folder: str | Path, timeout_min: int = 120, profile: dict | None = None,
+                  job_name: str = "ssl-medseg", gpus: int | None = None):
+    """An executor whose jobs log to ``folder`` (``%j`` is the job id)."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    if kind == "debug":
+        return submitit.DebugExecutor(folder=str(folder))
+    if kind == "local":
+        ex = submitit.LocalExecutor(folder=str(folder))
+        ex.update_parameters(timeout_min=timeout_min)  # submitit's default would kill jobs after 2 minutes
+        return ex
+    if kind == "slurm":
+        from .profiles import slurm_parameters
+        ex = submitit.AutoExecutor(folder=str(folder), cluster="slurm")
+        ex.update_parameters(name=job_name, **slurm_parameters(profile or {}, timeout_min, gpus))
+        return ex
+    raise ValueError(f"unknown executor {kind!r}; expected one of {EXECUTORS}")

@@ -1,0 +1,56 @@
+"""The callables that submitit runs: one pretraining or fine-tuning run given its command line.
+
+They are ``submitit.helpers.Checkpointable``: on pre-emption or time-out submitit calls
+``checkpoint``, which resubmits the same call; the run then resumes from the checkpoint in
+its own run folder (pretraining and fine-tuning both resume automatically). With several
+submitit tasks (one per GPU) the torch.distributed environment is exported first, so
+pretraining runs as DDP.
+"""
+from __future__ import annotations
+
+import os
+
+import submitit
+
+
+class RunInterrupted(RuntimeError):
+    """The run stopped on a signal after saving its checkpoint; running it again resumes it."""
+
+
+def _distributed_env() -> None:
+    try:
+        env = submitit.JobEnvironment()
+    except RuntimeError:  # not inside a submitit job (debug executor in-process)
+        return
+    if env.num_tasks > 1:
+        submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
+
+
+class TrainJob(submitit.helpers.Checkpointable):
+    """Run ``python -m pretrain`` or ``python -m finetune`` in-process with ``argv``."""
+
+    def __init__(self, kind: str, threads: int = 0):
+        if kind not in ("pretrain", "finetune"):
+            raise ValueError(f"job kind must be pretrain or finetune, got {kind!r}")
+        self.kind, self.threads = kind, threads
+
+    def __call__(self, argv: list[str]) -> dict:
+        import torch
+
+        if self.threads:
+            torch.set_num_threads(self.threads)
+            os.environ["OMP_NUM_THREADS"] = str(self.threads)
+        if self.kind == "pretrain":
+            from pretrain.train import get_args_parser, run
+            _distributed_env()
+        else:
+            from finetune.train import get_args_parser, run
+        from pretrain.runtime import cleanup_distributed
+
+        try:
+            res = run(get_args_parser().parse_args(list(argv)))
+        finally:
+            cleanup_distributed()
+        if res.get("status") == "interrupted":
+            raise RunInterrupted(f"{self.kind} run stopped at step {res.get('step')}; run again to resume")
+        return res
