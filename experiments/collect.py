@@ -78,7 +78,8 @@ def table_csv(cfg: dict, agg: dict) -> str:
             for f in cfg["fractions"]:
                 a = agg.get((init, arch, f))
                 if a:
-                    w.writerow([init, arch, f, f"{a['mean']:.4f}", f"{a['std']:.4f}", a["n"], " ".join(map(str, a["seeds"]))])
+                    std = f"{a['std']:.4f}" if a["n"] > 1 else ""  # one seed: no spread to report
+                    w.writerow([init, arch, f, f"{a['mean']:.4f}", std, a["n"], " ".join(map(str, a["seeds"]))])
                 else:
                     w.writerow([init, arch, f, "", "", 0, ""])
     return buf.getvalue()
@@ -88,16 +89,18 @@ def table_md(cfg: dict, agg: dict, rows: list[dict], header: dict) -> str:
     fr = cfg["fractions"]
     cols = [f"{arch} {f * 100:g}%" for arch in cfg["archs"] for f in fr]
     lines = [f"# Transfer table: {cfg['name']}", "",
-             f"Mean test Dice (per-volume 3D Dice, mean over test cases and foreground classes), mean +- std over "
-             f"seeds {cfg['seeds']}; encoder `{cfg['encoder']}`; data `{cfg['data']}`; "
-             f"{header.get('test_cases', '?')} held-out test cases.", "",
+             f"Mean test Dice (per-volume 3D Dice, mean over test cases and foreground classes), "
+             + (f"mean +- std over seeds {cfg['seeds']}" if len(cfg["seeds"]) > 1 else f"one seed ({cfg['seeds'][0]}): no spread")
+             + f"; encoder `{cfg['encoder']}`; data `{cfg['data']}`; {header.get('test_cases', '?')} held-out test cases; "
+             f"labelled training volumes per fraction (seed {cfg['seeds'][0]}): {header.get('train_volumes', '?')}.", "",
              "| init | " + " | ".join(cols) + " |", "|---|" + "---|" * len(cols)]
     for init in _inits(cfg):
         cells = []
         for arch in cfg["archs"]:
             for f in fr:
                 a = agg.get((init, arch, f))
-                cells.append("-" if not a else f"{a['mean']:.3f} +- {a['std']:.3f}" + (f" (n={a['n']})" if a["n"] != len(cfg["seeds"]) else ""))
+                cells.append("-" if not a else f"{a['mean']:.3f}" + (f" +- {a['std']:.3f}" if a["n"] > 1 else "")
+                             + (f" (n={a['n']})" if a["n"] != len(cfg["seeds"]) else ""))
         lines.append(f"| {init} | " + " | ".join(cells) + " |")
     pre = [r for r in rows if r["kind"] == "pretrain"]
     if pre:
@@ -140,6 +143,13 @@ def transfer_curve(cfg: dict, agg: dict, path: Path) -> None:
     tmp.replace(path)
 
 
+def train_volumes(cfg: dict) -> dict:
+    """fraction -> number of labelled training volumes for the first seed, from the split file."""
+    split = _read(Path(split_path(cfg))) or {}
+    fractions = split.get("label_fractions", {}).get(str(cfg["seeds"][0]), {})
+    return {f: len(fractions[str(f)]) for f in cfg["fractions"] if str(f) in fractions}
+
+
 def write_atomic(path: Path, text: str) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(text)
@@ -161,7 +171,8 @@ def collect(cfg: dict, embeddings: bool = True) -> Path:
               "commit": ", ".join(commits) if rows else g["commit"], "dirty": any(r.get("dirty") for r in rows),
               "machine": (ft[0].get("machine") or {}).get("host") if ft else machine_info()["host"],
               "finished_runs": len(rows), "test_cases": len(ft[0]["test_cases"]) if ft and ft[0].get("test_cases") else "?",
-              "wall_time_min": sum(r.get("wall_time_s") or 0 for r in rows) / 60}
+              "wall_time_min": sum(r.get("wall_time_s") or 0 for r in rows) / 60,
+              "train_volumes": ", ".join(f"{f * 100:g}% = {n}" for f, n in train_volumes(cfg).items())}
     write_atomic(res / "runs.jsonl", "".join(json.dumps(r, sort_keys=True) + "\n" for r in rows))
     write_atomic(res / "table.csv", table_csv(cfg, agg))
     write_atomic(res / "table.md", table_md(cfg, agg, rows, header))

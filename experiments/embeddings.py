@@ -4,6 +4,7 @@
 """
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -50,7 +51,9 @@ def write_embeddings(cfg: dict) -> None:
     from torch.utils.tensorboard import SummaryWriter
 
     x, names, fg = test_slices(cfg, int(cfg["embeddings"]["slices"]))
-    writer = SummaryWriter(str(Path(cfg["runs_dir"]) / "embeddings"))
+    folder = Path(cfg["runs_dir"]) / "embeddings"
+    shutil.rmtree(folder, ignore_errors=True)  # rewritten whole each time: same encoders, same bytes
+    writer = SummaryWriter(str(folder))
     meta = [[n, str(f)] for n, f in zip(names, fg)]
     for init, enc in encoders_of(cfg).items():
         feats = models.pooled_features(enc.eval(), x)
