@@ -6,6 +6,7 @@ learning-rate schedule, a resumable sharded sampler, graceful SIGTERM/SIGUSR1 ha
 """
 from __future__ import annotations
 
+import importlib.metadata
 import json
 import math
 import os
@@ -39,9 +40,37 @@ def git_info() -> dict:
     return {"commit": commit, "dirty": dirty}
 
 
+# Packages whose versions change the numbers of a run (kernels, augmentations, model code).
+NUMERIC_PACKAGES = ("torch", "torchvision", "numpy", "scipy", "opencv-python-headless", "albumentations",
+                    "albucore", "timm", "lightly")
+
+
+def cpu_model() -> str:
+    """The CPU's model name from /proc/cpuinfo (Linux), else the platform's processor string."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def package_versions() -> dict:
+    versions = {}
+    for name in NUMERIC_PACKAGES:
+        try:
+            versions[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            versions[name] = None
+    return versions
+
+
 def machine_info() -> dict:
-    info = {"host": platform.node(), "cpu": platform.processor() or platform.machine(),
-            "cpus": os.cpu_count(), "torch": torch.__version__, "python": platform.python_version()}
+    """Where a run ran: host, CPU model and count, Python, the numeric packages' versions, GPU."""
+    info = {"host": platform.node(), "cpu": platform.processor() or platform.machine(), "cpu_model": cpu_model(),
+            "cpus": os.cpu_count(), "torch": torch.__version__, "python": platform.python_version(),
+            "packages": package_versions()}
     if torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name(0)
     return info
