@@ -9,17 +9,17 @@ loading and evaluation.
 """
 import argparse
 import json
-import platform
 import time
 
 import torch
 
+import engine
 import models
 import scans
+from atomicio import write_json
 from finetune.data import EpochPositions, TrainSlices
 from finetune.evaluate import predict_volume
 from finetune.losses import SegmentationLoss
-from pretrain import runtime
 from scans.augment import segmentation_augment
 
 
@@ -28,8 +28,9 @@ def bench(arch, encoder, loaded, batch_size, steps, device):
     model = models.create_segmenter(arch, encoder, 3, **kw).to(device)
     loss_fn = SegmentationLoss("ce_dice", 3)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    scaler = torch.amp.GradScaler("cuda", enabled=False)
     ds = TrainSlices(loaded, (48, 64), 2, segmentation_augment("default"))
-    sampler = runtime.ResumableSampler(len(ds), batch_size)
+    sampler = engine.ResumableSampler(len(ds), batch_size)
     loader = torch.utils.data.DataLoader(ds, batch_size=batch_size, sampler=EpochPositions(sampler), drop_last=True)
     it = iter(loader)
     model.train()
@@ -38,9 +39,7 @@ def bench(arch, encoder, loaded, batch_size, steps, device):
             t0 = time.perf_counter()
         x, y = (t.to(device) for t in next(it))
         loss, _ = loss_fn(model(x), y)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
+        engine.optimizer_step(loss, opt, scaler)
     if device.type == "cuda":
         torch.cuda.synchronize()
     train = steps * batch_size / (time.perf_counter() - t0)
@@ -63,14 +62,14 @@ def main():
     p.add_argument("--device", default="cpu")
     p.add_argument("--out")
     a = p.parse_args()
-    device = runtime.resolve_device(a.device)
+    device = engine.resolve_device(a.device)
     loaded = scans.load_cases(scans.find_cases(a.data)[:40])
     rows = [bench(arch, a.encoder, loaded, a.batch_size, a.steps, device) for arch in a.archs]
     for r in rows:
         print(json.dumps(r))
     if a.out:
-        scans.write_json_atomic({"machine": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
-                                 "batch_size": a.batch_size, "device": str(device), "rows": rows}, a.out)
+        write_json(a.out, {"machine": engine.machine_info(), "threads": torch.get_num_threads(),
+                           "batch_size": a.batch_size, "device": str(device), "rows": rows, **engine.git_info()})
 
 
 if __name__ == "__main__":

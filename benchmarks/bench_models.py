@@ -6,16 +6,16 @@ Defaults: encoder unet_tiny, 48x64 inputs, batch 32, 1 channel, 3 classes, torch
 number of threads, 3 warm-up iterations then 10 timed ones (median iteration time reported).
 """
 import argparse
-import json
 import os
-import platform
 import statistics
 import time
 
 import torch
 import torch.nn.functional as F
 
+import engine
 import models
+from atomicio import write_json
 
 
 def get_args_parser():
@@ -63,13 +63,8 @@ def main():
     for r in rows:
         print(f"{r['arch']:<10}{r['encoder']:<12}{r['params_m']:>8.2f}M{r['step_s']:>9.3f}{r['images_per_s']:>10.1f}")
     if a.out:
-        res = dict(vars(a), threads=torch.get_num_threads(), load_average=load, torch=torch.__version__,
-                   machine=platform.node(), processor=platform.processor() or platform.machine(), rows=rows)
-        os.makedirs(os.path.dirname(os.path.abspath(a.out)), exist_ok=True)
-        tmp = f"{a.out}.tmp{os.getpid()}"
-        with open(tmp, "w") as f:
-            json.dump(res, f, indent=1)
-        os.replace(tmp, a.out)
+        write_json(a.out, dict(vars(a), threads=torch.get_num_threads(), load_average=load, machine=engine.machine_info(),
+                               rows=rows, **engine.git_info()))
 
 
 if __name__ == "__main__":

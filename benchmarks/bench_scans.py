@@ -6,11 +6,11 @@
 which must take volumes from the in-memory cache instead of decoding them again.
 """
 import argparse
-import json
-import platform
 import time
 
+import engine
 import scans
+from atomicio import write_json
 
 
 def run_once(data_dir, size):
@@ -29,10 +29,10 @@ def main():
     cold, n_cases, n_slices = run_once(a.data_dir, a.size)
     cached, _, _ = run_once(a.data_dir, a.size)
     res = {"cases": n_cases, "slices": n_slices, "cold_s": round(cold, 3), "cached_s": round(cached, 3),
-           "machine": platform.node(), "processor": platform.processor() or platform.machine()}
+           "machine": engine.machine_info(), **engine.git_info()}
     print(f"{n_cases} volumes -> {n_slices} slices of {a.size[0]}x{a.size[1]}: cold {cold:.2f} s, cached {cached:.2f} s")
     if a.out:
-        scans.write_json_atomic(res, a.out)
+        write_json(a.out, res)
 
 
 if __name__ == "__main__":

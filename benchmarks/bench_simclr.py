@@ -5,7 +5,7 @@
 
 Three measurements, same encoder, batch size and view size, one after the other in one run:
   pipeline  this project's SimCLR data path: slices through a DataLoader, both views made
-            on the device (pretrain.simclr.make_views), then the step;
+            on the device (pretrain.tasks.simclr.make_views), then the step;
   tensors   the same step on view tensors made beforehand (the ceiling for the pipeline);
   lightly   lightly's own recipe: SimCLRTransform on 8-bit PIL slices (RGB, ImageNet
             normalisation, as lightly does it) + SimCLRProjectionHead + NTXentLoss, with the
@@ -27,11 +27,11 @@ from lightly.transforms import SimCLRTransform  # noqa: E402
 from PIL import Image  # noqa: E402
 from torch.utils.data import DataLoader, Dataset  # noqa: E402
 
+import engine  # noqa: E402
 import models  # noqa: E402
 import scans  # noqa: E402
-from pretrain import runtime  # noqa: E402
-from pretrain.simclr import SimCLRModel, SliceAndBox, ViewConfig  # noqa: E402
-from pretrain.train import to_device  # noqa: E402
+from atomicio import write_json  # noqa: E402
+from pretrain.tasks.simclr import SimCLRModel, SliceAndBox, ViewConfig  # noqa: E402
 from pretrain.views import content  # noqa: E402
 
 
@@ -70,17 +70,15 @@ class LightlySlices(Dataset):
 
 
 def make_step(model, opt, device, amp):
+    """The training step of the engine's loop (engine.autocast + engine.optimizer_step)."""
     cuda = device.type == "cuda"
     scaler = torch.amp.GradScaler("cuda", enabled=amp and cuda)
 
     def step(batch, ready=False):
-        batch = to_device(batch, device, cuda)
-        with torch.autocast(device.type, dtype=torch.float16 if cuda else torch.bfloat16, enabled=amp):
+        batch = engine.to_device(batch, device, cuda)
+        with engine.autocast(device, amp):
             loss = (model.loss_on_views(*batch) if ready else model(batch))["loss"]
-        opt.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        scaler.step(opt)
-        scaler.update()
+        engine.optimizer_step(loss, opt, scaler)
     return step
 
 
@@ -110,15 +108,15 @@ def main():
     p.add_argument("--amp", action="store_true")
     p.add_argument("--out")
     a = p.parse_args()
-    device = runtime.resolve_device(a.device)
-    workers = a.workers if a.workers >= 0 else (0 if (os.cpu_count() or 1) <= 2 else min(8, os.cpu_count() // 2))
-    runtime.seed_everything(0)
+    device = engine.resolve_device(a.device)
+    workers = engine.default_workers(a.workers)
+    engine.seed_everything(0)
     stack_cases = scans.load_cases(scans.find_cases(a.data), with_label=False)
     ds = scans.UnlabelledSlices(stack_cases, transform=SliceAndBox())
     views = ViewConfig(size=(a.size, a.size))
     n_batches = a.steps + a.warmup
     kw = dict(batch_size=a.batch_size, shuffle=True, drop_last=True, num_workers=workers,
-              worker_init_fn=runtime.worker_init, pin_memory=device.type == "cuda", persistent_workers=workers > 0)
+              worker_init_fn=engine.worker_init, pin_memory=device.type == "cuda", persistent_workers=workers > 0)
 
     def fresh_model(in_chans=1, cls=SimCLRModel):
         torch.manual_seed(0)
@@ -133,7 +131,7 @@ def main():
     model, opt = fresh_model()
     res["pipeline"] = timed_steps(make_step(model, opt, device, a.amp), cycle(loader), a.steps, a.warmup, device)
     batches = zip(cycle(DataLoader(ds, **{**kw, "num_workers": 0, "persistent_workers": False})), range(n_batches))
-    ready = [model.two_views(to_device(b, device, False)) for b, _ in batches]
+    ready = [model.two_views(engine.to_device(b, device, False)) for b, _ in batches]
     model, opt = fresh_model()
     step = make_step(model, opt, device, a.amp)
     res["tensors"] = timed_steps(lambda views: step(views, ready=True), iter(ready), a.steps, a.warmup, device)
@@ -145,9 +143,9 @@ def main():
     for k in ("pipeline", "tensors", "lightly"):
         print(f"  {k:<9} {rates[k]:8.1f} slices/s  ({rates[k] / rates['tensors']:.2f} of tensors)")
     if a.out:
-        scans.write_json_atomic({"rates_slices_per_s": rates, "ratio_pipeline_vs_tensors": rates["pipeline"] / rates["tensors"],
+        write_json(a.out, {"rates_slices_per_s": rates, "ratio_pipeline_vs_tensors": rates["pipeline"] / rates["tensors"],
                                  "ratio_lightly_vs_tensors": rates["lightly"] / rates["tensors"], "args": vars(a),
-                                 "workers": workers, "machine": runtime.machine_info(), **runtime.git_info()}, a.out)
+                                 "workers": workers, "machine": engine.machine_info(), **engine.git_info()})
 
 
 if __name__ == "__main__":

@@ -12,10 +12,14 @@ from __future__ import annotations
 import argparse
 import sys
 
+import engine
 import scans
 from slurm import EXECUTORS
 
+from .collect import collect
 from .config import load_config
+from .reproduce import reproduce
+from .status import print_status
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -37,15 +41,12 @@ def main(argv=None) -> int:
         cfg = load_config(args.config)
         if args.cmd == "reproduce":
             if args.executor == "slurm" and not args.profile:
-                raise ValueError("--executor slurm needs --profile slurm/profiles/NAME.yaml")
-            from .reproduce import reproduce
+                raise engine.ConfigError("--executor slurm needs --profile slurm/profiles/NAME.yaml")
             res = reproduce(cfg, args.executor, args.profile)
             return 1 if res.get("failed") else 0
         if args.cmd == "collect":
-            from .collect import collect
             collect(cfg)
             return 0
-        from .status import print_status
         return print_status(cfg)
     except (scans.ScanError, ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)

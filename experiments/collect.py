@@ -6,11 +6,14 @@ from __future__ import annotations
 import csv
 import io
 import json
-import shutil
 import statistics
 from collections import defaultdict
 from pathlib import Path
 
+from atomicio import atomic_path, write_bytes, write_text
+from engine import git_info, machine_info, read_json
+
+from .embeddings import write_embeddings
 from .grid import finetune_runs, pretrain_runs, split_path
 
 # The source document's table (DESIGN.md): Dice by init and label fraction, dataset unstated.
@@ -18,28 +21,21 @@ REFERENCE = {"random": (0.32, 0.65, 0.82), "ImageNet": (0.41, 0.72, 0.85), "self
 INIT_ORDER = ("random", "imagenet", "rotation", "jigsaw", "simclr")
 
 
-def _read(path: Path) -> dict | None:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError):
-        return None
-
-
 def run_records(cfg: dict) -> list[dict]:
     """One record per finished run (pretraining and fine-tuning)."""
     rows = []
     for run in pretrain_runs(cfg):
-        s, c = _read(Path(run.out) / "summary.json"), _read(Path(run.out) / "config.json") or {}
+        s, c = read_json(Path(run.out) / "summary.json"), read_json(Path(run.out) / "config.json") or {}
         if not s or s.get("status") != "done":
             continue
         prov = c.get("provenance", {})
         rows.append({"kind": "pretrain", "key": run.key, **run.cell, "out": run.out,
                      "command": "python -m pretrain " + " ".join(run.argv), "final_accuracy": s.get("final_accuracy"),
-                     "chance": s.get("chance"), "steps": s.get("step"), "seed": c.get("seed"),
+                     "chance": s.get("chance"), "steps": s.get("step"), "seed": c.get("args", {}).get("seed"),
                      "cases": c.get("cases"), "commit": prov.get("commit"), "dirty": prov.get("dirty"),
                      "machine": prov.get("machine"), "wall_time_s": s.get("wall_time_s")})
     for run in finetune_runs(cfg):
-        m = _read(Path(run.out) / "metrics.json")
+        m = read_json(Path(run.out) / "metrics.json")
         if not m or "mean_dice" not in m:
             continue
         rows.append({"kind": "finetune", "key": run.key, **run.cell, "out": run.out,
@@ -47,7 +43,7 @@ def run_records(cfg: dict) -> list[dict]:
                      **{k: m.get(k) for k in ("mean_dice", "dice_per_class", "mean_hd95", "hd95_per_class",
                                                 "train_cases", "test_cases", "wall_time_s", "commit", "dirty",
                                                 "machine", "steps")},
-                     "init_info": m.get("init"), "config": m.get("config")})
+                     "init_info": m.get("init"), "identity": m.get("identity")})
     return rows
 
 
@@ -118,7 +114,7 @@ def table_md(cfg: dict, agg: dict, rows: list[dict], header: dict) -> str:
 
 
 def transfer_curve(cfg: dict, agg: dict, path: Path) -> None:
-    import matplotlib
+    import matplotlib  # imported on use: only the collector plots
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
@@ -137,29 +133,20 @@ def transfer_curve(cfg: dict, agg: dict, path: Path) -> None:
     axes[0][-1].legend(loc="lower right")
     fig.suptitle(f"Transfer curve: {cfg['name']}")
     fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=120)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=120, format="png")
     plt.close(fig)
-    tmp.replace(path)
 
 
 def train_volumes(cfg: dict) -> dict:
     """fraction -> number of labelled training volumes for the first seed, from the split file."""
-    split = _read(Path(split_path(cfg))) or {}
+    split = read_json(Path(split_path(cfg))) or {}
     fractions = split.get("label_fractions", {}).get(str(cfg["seeds"][0]), {})
     return {f: len(fractions[str(f)]) for f in cfg["fractions"] if str(f) in fractions}
 
 
-def write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
-
-
 def collect(cfg: dict, embeddings: bool = True) -> Path:
     """Write results/<name>/ from the finished runs; returns the folder."""
-    from pretrain.runtime import git_info, machine_info
-
     res = Path(cfg["results_dir"])
     res.mkdir(parents=True, exist_ok=True)
     rows = run_records(cfg)
@@ -173,14 +160,13 @@ def collect(cfg: dict, embeddings: bool = True) -> Path:
               "finished_runs": len(rows), "test_cases": len(ft[0]["test_cases"]) if ft and ft[0].get("test_cases") else "?",
               "wall_time_min": sum(r.get("wall_time_s") or 0 for r in rows) / 60,
               "train_volumes": ", ".join(f"{f * 100:g}% = {n}" for f, n in train_volumes(cfg).items())}
-    write_atomic(res / "runs.jsonl", "".join(json.dumps(r, sort_keys=True) + "\n" for r in rows))
-    write_atomic(res / "table.csv", table_csv(cfg, agg))
-    write_atomic(res / "table.md", table_md(cfg, agg, rows, header))
+    write_text(res / "runs.jsonl", "".join(json.dumps(r, sort_keys=True) + "\n" for r in rows))
+    write_text(res / "table.csv", table_csv(cfg, agg))
+    write_text(res / "table.md", table_md(cfg, agg, rows, header))
     transfer_curve(cfg, agg, res / "transfer_curve.png")
     if Path(split_path(cfg)).is_file():
-        shutil.copyfile(split_path(cfg), res / "splits.json")
+        write_bytes(res / "splits.json", Path(split_path(cfg)).read_bytes())
     if embeddings and ft:
-        from .embeddings import write_embeddings
         write_embeddings(cfg)
     print(f"collected {len(ft)} fine-tuning and {len(rows) - len(ft)} pretraining runs -> {res}/")
     return res

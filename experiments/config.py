@@ -11,21 +11,22 @@ from pathlib import Path
 
 import yaml
 
-from scans import ScanError, check_fraction
+import finetune
+import models
+import pretrain
+from engine import ConfigError
 
-TASKS = ("rotation", "jigsaw", "simclr")
 BASE_INITS = ("random", "imagenet")
-ARCHS = ("unet", "transunet")
 
 DEFAULTS = {
     "name": None,                 # default: the file name without .yaml
     "data": "data/msd_hippocampus",
     "split": {"test_fraction": 0.2, "seed": 0},
     "encoder": "unet_tiny",
-    "tasks": list(TASKS),         # pretext tasks to pretrain
+    "tasks": sorted(pretrain.TASKS),  # pretext tasks to pretrain (the registered ones)
     "inits": ["random", "rotation", "jigsaw", "simclr"],
     "imagenet_weights": None,     # local timm weights file; 'imagenet' init needs it
-    "archs": list(ARCHS),
+    "archs": sorted(models.ARCHS),
     "fractions": [0.01, 0.1, 1.0],
     "seeds": [0],
     "device": "auto",
@@ -43,43 +44,67 @@ def _merge(base: dict, over: dict, where: str) -> dict:
     out = copy.deepcopy(base)
     for k, v in over.items():
         if k not in base:
-            raise ValueError(f"{where}: unknown key {k!r}; expected one of {sorted(base)}")
+            raise ConfigError(f"{where}: unknown key {k!r}; expected one of {sorted(base)}")
         out[k] = _merge(base[k], v, f"{where}.{k}") if isinstance(base[k], dict) and base[k] and isinstance(v, dict) else v
     return out
+
+
+def _check_options(p: Path, where: str, options: dict, parser) -> None:
+    known = {a.dest for a in parser._actions}
+    for k in options:
+        if k not in known:
+            raise ConfigError(f"{p}: {where} has unknown option {k!r} (not an option of {parser.prog})")
 
 
 def load_config(path: str | Path) -> dict:
     """Read and check a config; fill defaults, ``name``, ``runs_dir`` and ``results_dir``."""
     p = Path(path)
     if not p.is_file():
-        raise ScanError(p, "config file does not exist")
+        raise ConfigError(f"{p}: config file does not exist")
     try:
         raw = yaml.safe_load(p.read_text()) or {}
     except yaml.YAMLError as e:
-        raise ScanError(p, f"invalid YAML: {e}") from None
+        raise ConfigError(f"{p}: invalid YAML: {' '.join(str(e).split())}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{p}: a config is a mapping of keys, got {type(raw).__name__}")
     cfg = _merge(DEFAULTS, raw, str(p))
     cfg["name"] = cfg["name"] or p.stem
     cfg["runs_dir"] = cfg["runs_dir"] or f"runs/{cfg['name']}"
     cfg["results_dir"] = cfg["results_dir"] or f"results/{cfg['name']}"
     cfg["config_path"] = str(p)
     for t in cfg["tasks"]:
-        if t not in TASKS:
-            raise ValueError(f"{p}: unknown pretext task {t!r}; expected one of {TASKS}")
+        if t not in pretrain.TASKS:
+            raise ConfigError(f"{p}: unknown pretext task {t!r}; expected one of {sorted(pretrain.TASKS)}")
+    _check_options(p, "pretrain.args", cfg["pretrain"]["args"], pretrain.get_args_parser())
+    ft_parser = finetune.get_args_parser()
+    _check_options(p, "finetune.args", cfg["finetune"]["args"], ft_parser)
+    for arch, options in cfg["finetune"]["arch_args"].items():
+        _check_options(p, f"finetune.arch_args.{arch}", options, ft_parser)
+    for t, options in cfg["pretrain"]["task_args"].items():
+        if t not in cfg["tasks"]:
+            raise ConfigError(f"{p}: pretrain.task_args has {t!r}, which is not one of the tasks {cfg['tasks']}")
+        own = pretrain.task_options(t)
+        for k in options:
+            if k not in own:
+                raise ConfigError(f"{p}: pretrain.task_args.{t} has unknown option {k!r}; {t} takes {own}")
     for i in cfg["inits"]:
         if i not in BASE_INITS and i not in cfg["tasks"]:
-            raise ValueError(f"{p}: init {i!r} is neither {BASE_INITS} nor one of the pretext tasks {cfg['tasks']}")
+            raise ConfigError(f"{p}: init {i!r} is neither {BASE_INITS} nor one of the pretext tasks {cfg['tasks']}")
     if "imagenet" in cfg["inits"]:
         if not cfg["imagenet_weights"]:
             print(f"{p}: no imagenet_weights file given, so the 'imagenet' init is left out")
             cfg["inits"] = [i for i in cfg["inits"] if i != "imagenet"]
         elif not Path(cfg["imagenet_weights"]).is_file():
-            raise ScanError(cfg["imagenet_weights"], "imagenet_weights file does not exist")
+            raise ConfigError(f"{p}: imagenet_weights file {cfg['imagenet_weights']} does not exist")
     for a in cfg["archs"]:
-        if a not in ARCHS:
-            raise ValueError(f"{p}: unknown architecture {a!r}; expected one of {ARCHS}")
-    cfg["fractions"] = [check_fraction(f) for f in cfg["fractions"]]
+        if a not in models.ARCHS:
+            raise ConfigError(f"{p}: unknown architecture {a!r}; expected one of {sorted(models.ARCHS)}")
+    for f in cfg["fractions"]:
+        if not 0 < float(f) <= 1:
+            raise ConfigError(f"{p}: label fraction must be in (0, 1], got {f}")
+    cfg["fractions"] = [float(f) for f in cfg["fractions"]]
     if not cfg["seeds"]:
-        raise ValueError(f"{p}: seeds is empty")
+        raise ConfigError(f"{p}: seeds is empty")
     return cfg
 
 
@@ -90,5 +115,5 @@ def finetune_steps(cfg: dict, fraction: float) -> int:
         for k, v in steps.items():
             if abs(float(k) - fraction) < 1e-9:
                 return int(v)
-        raise ValueError(f"{cfg['config_path']}: finetune.steps has no entry for fraction {fraction}")
+        raise ConfigError(f"{cfg['config_path']}: finetune.steps has no entry for fraction {fraction}")
     return int(steps)

@@ -1,61 +1,34 @@
-"""Which runs of a grid are finished, and moving aside run folders made with other settings."""
+"""Each run of a grid, by the trainers' own run identity: done, running elsewhere, other settings, ...
+
+The rule is the one ``python -m pretrain`` / ``python -m finetune`` apply themselves
+(``engine.RunFolder``): a run is done when its folder holds a finished run with the same
+identity, running when another process holds the folder's lock.
+"""
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
+import engine
+import finetune
+import pretrain
+
 from .grid import Run
 
-
-def _parse(run: Run):
-    if run.kind == "pretrain":
-        from pretrain.train import get_args_parser
-    else:
-        from finetune.train import get_args_parser
-    return get_args_parser().parse_args(list(run.argv))
+TRAINERS = {"pretrain": pretrain, "finetune": finetune}
+RESULT = {"pretrain": pretrain.SUMMARY, "finetune": finetune.METRICS}
 
 
-def is_done(run: Run) -> bool:
-    """Finished with the same settings: metrics.json (fine-tuning) or summary + encoder (pretraining)."""
-    out = Path(run.out)
-    if run.kind == "pretrain":
-        from pretrain.train import finished
-        return finished(out, _parse(run)) is not None
-    from finetune.train import check_same_config
-    metrics = out / "metrics.json"
-    if not metrics.is_file():
-        return False
-    try:
-        check_same_config(json.loads(metrics.read_text()).get("config", {}), _parse(run), metrics)
-    except (ValueError, json.JSONDecodeError):
-        return False
-    return True
+def run_folder(run: Run) -> engine.RunFolder:
+    """The run's folder with the identity its command line gives."""
+    trainer = TRAINERS[run.kind]
+    return engine.RunFolder(run.out, trainer.run_identity(trainer.get_args_parser().parse_args(list(run.argv))),
+                            RESULT[run.kind])
 
 
-def has_other_settings(run: Run) -> bool:
-    """The run folder holds a run (finished or not) whose settings differ from ``run``'s."""
-    out = Path(run.out)
-    args = _parse(run)
-    if run.kind == "pretrain":
-        from pretrain.train import RESUME_MUST_MATCH
-        try:
-            old = json.loads((out / "config.json").read_text())
-        except (OSError, json.JSONDecodeError):
-            return False
-        return any(old.get(k) != getattr(args, k) for k in RESUME_MUST_MATCH)
-    from finetune.train import check_same_config
-    for name in ("metrics.json", "config.json"):
-        try:
-            old = json.loads((out / name).read_text())
-        except (OSError, json.JSONDecodeError):
-            continue
-        try:
-            check_same_config(old.get("config", old), args, out / name)
-        except ValueError:
-            return True
-        return False
-    return False
+def run_state(run: Run) -> str:
+    """``done``, ``running`` (elsewhere), ``other`` (other settings), ``partial`` or ``new``."""
+    return run_folder(run).state()
 
 
 def move_aside(run: Run) -> Path:

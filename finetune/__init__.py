@@ -2,9 +2,10 @@
 from .evaluate import evaluate_cases, predict_volume
 from .losses import LOSSES, SegmentationLoss, focal_loss, soft_dice_loss
 from .metrics import case_metrics, dice_score, hd95, summarize
-from .train import get_args_parser, main, run
+from .train import METRICS, check_args, get_args_parser, main, run, run_identity
 
 __all__ = [
-    "LOSSES", "SegmentationLoss", "case_metrics", "dice_score", "evaluate_cases", "focal_loss",
-    "get_args_parser", "hd95", "main", "predict_volume", "run", "soft_dice_loss", "summarize",
+    "LOSSES", "METRICS", "SegmentationLoss", "case_metrics", "check_args", "dice_score", "evaluate_cases",
+    "focal_loss", "get_args_parser", "hd95", "main", "predict_volume", "run", "run_identity", "soft_dice_loss",
+    "summarize",
 ]

@@ -5,7 +5,7 @@ are the only training data; an optional validation set is held out of those case
 test cases are used for the final evaluation only.
 
 Slice sampling (kept simple): one epoch lists every slice of the training volumes once and every
-slice that holds foreground ``fg_repeat`` times in total, then ``runtime.ResumableSampler``
+slice that holds foreground ``fg_repeat`` times in total, then ``engine.ResumableSampler``
 shuffles that list per epoch. ``fg_repeat=1`` is uniform sampling.
 
 Augmentation is applied to a sample with probability ``aug_prob`` (the rest are seen as they
@@ -23,7 +23,7 @@ import torch
 from torch.utils.data import Dataset
 
 import scans
-from pretrain import runtime
+import engine
 
 
 def read_class_names(data_dir) -> dict[str, str] | None:
@@ -79,9 +79,9 @@ def infer_num_classes(class_names: dict | None, loaded: list[scans.LoadedCase]) 
 
 
 class EpochPositions(torch.utils.data.Sampler):
-    """Wraps ``runtime.ResumableSampler`` to yield ``(epoch, position)`` keys for seeded augmentation."""
+    """Wraps ``engine.ResumableSampler`` to yield ``(epoch, position)`` keys for seeded augmentation."""
 
-    def __init__(self, sampler: runtime.ResumableSampler):
+    def __init__(self, sampler: engine.ResumableSampler):
         self.sampler = sampler
 
     def __iter__(self):

@@ -13,6 +13,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+import engine
 import scans
 
 from .metrics import case_metrics, summarize
@@ -48,7 +49,7 @@ def predict_volume(model, image: np.ndarray, axis: int = 2, device="cpu", tta: b
         x = x.to(device)
         if cuda:
             x = x.contiguous(memory_format=torch.channels_last)
-        with torch.autocast(device.type, dtype=torch.float16 if cuda else torch.bfloat16, enabled=amp):
+        with engine.autocast(device, amp):
             p = model(x).float().softmax(1)
             if tta:
                 p = 0.5 * (p + model(x.flip(-1)).float().softmax(1).flip(-1))

@@ -9,6 +9,8 @@ import os
 
 import torch
 
+from atomicio import atomic_path
+
 from .encoders import Encoder, create_encoder
 
 FORMAT = "models.encoder/1"
@@ -51,12 +53,9 @@ def save_encoder(path, encoder, **meta):
     _check_plain(meta)
     payload = dict(format=FORMAT, name=encoder.name, config=encoder.config,
                    state_dict={k: v.detach().cpu() for k, v in encoder.state_dict().items()}, meta=meta)
-    path = os.fspath(path)
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = f"{path}.tmp{os.getpid()}"
-    torch.save(payload, tmp)
-    os.replace(tmp, path)
-    return path
+    with atomic_path(path) as tmp:
+        torch.save(payload, tmp)
+    return os.fspath(path)
 
 
 def _read(path):

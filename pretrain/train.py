@@ -1,41 +1,43 @@
 """Pretrain an encoder with a pretext task on the unlabelled training-pool slices.
 
     python -m scans split data/msd_hippocampus --out splits.json
-    python -m pretrain --task rotation --data data/msd_hippocampus --split splits.json \
+    python -m pretrain --task rotation --data data/msd_hippocampus --split splits.json \\
         --encoder unet_tiny --epochs 3 --batch-size 32 --out runs/pretrain/rotation
     python -m pretrain --task simclr ... --device cuda --amp          # one GPU
     torchrun --nproc_per_node 4 -m pretrain --task simclr ...         # DDP, negatives gathered
+    python -m slurm submit pretrain --profile slurm/profiles/example-gpu.yaml --task simclr ...
 
 Writes RUN_DIR/{config.json, log.jsonl, checkpoint.pt, summary.json, encoder.pt} and TensorBoard
 events. Running the same command again resumes from RUN_DIR/checkpoint.pt (written every
-epoch, every --ckpt-every steps and on SIGTERM/SIGUSR1) and ends at the same step count.
+epoch, every --ckpt-every steps and on SIGTERM/SIGUSR1) and ends at the same step count, or,
+once the run is finished, does nothing. Any other result-affecting argument in the same
+RUN_DIR is refused (exit code 2); so is a second process while one works on RUN_DIR.
 """
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import sys
 import time
-from pathlib import Path
 
 import torch
 from torch.utils.data import DataLoader
-from tqdm import tqdm
 
+import engine
 import models
 import scans
 
-from . import jigsaw, rotation, runtime, simclr
+from . import tasks  # noqa: F401  (registers every task)
+from .registry import TASKS, describe_tasks, task_options
 
-TASKS = {"rotation": rotation, "jigsaw": jigsaw, "simclr": simclr}
-RESUME_MUST_MATCH = ("task", "encoder", "batch_size", "seed", "epochs", "steps", "size", "data")
+SUMMARY = "summary.json"
 
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser("python -m pretrain", description=__doc__, add_help=add_help,
+                                parents=[engine.runtime_parser(log_every=10, ckpt_every=0, workers=-1)],
+                                epilog="pretext tasks:\n" + describe_tasks(),
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--task", required=True, choices=sorted(TASKS))
+    p.add_argument("--task", required=True, choices=sorted(TASKS), help="pretext task (listed below)")
     p.add_argument("--data", default="data/msd_hippocampus", help="dataset folder (MSD layout or plain folder)")
     p.add_argument("--split", required=True, help="split JSON from `python -m scans split`; only its train_pool is used")
     p.add_argument("--encoder", default="unet_tiny", help="encoder registry name (python -m models list)")
@@ -45,37 +47,36 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--weight-decay", type=float, default=0.05)
     p.add_argument("--warmup-fraction", type=float, default=0.05, help="fraction of the steps spent in linear warm-up")
-    p.add_argument("--out", required=True, help="run folder")
-    p.add_argument("--device", default="auto", help="cpu, cuda or auto")
-    p.add_argument("--amp", action="store_true", help="mixed precision (float16 + GradScaler on CUDA, bfloat16 on CPU)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--workers", type=int, default=-1, help="DataLoader workers (-1: 0 on <= 2 cores, else up to 8)")
     p.add_argument("--size", type=int, nargs=2, default=[48, 64], help="slice size H W after pad/crop")
     p.add_argument("--axis", type=int, default=2, help="slice axis of the volumes")
     p.add_argument("--max-cases", type=int, default=0, help="use only the first N training-pool cases (tests)")
-    p.add_argument("--log-every", type=int, default=10)
-    p.add_argument("--ckpt-every", type=int, default=0, help="also checkpoint every N steps (0: each epoch only)")
-    g = p.add_argument_group("rotation")
-    g.add_argument("--crop", type=int, default=32, help="side of the square crop that is rotated (after resizing)")
-    g.add_argument("--min-side", type=float, default=0.6, help="smallest crop side / shorter content edge (rotation)")
-    g = p.add_argument_group("jigsaw")
-    g.add_argument("--tile", type=int, default=32, help="tile side after resizing")
-    g.add_argument("--tile-fraction", type=float, default=0.8, help="tile side / grid cell side (rest is the gap)")
-    g.add_argument("--num-permutations", type=int, default=100)
-    g = p.add_argument_group("simclr")
-    g.add_argument("--temperature", type=float, default=0.2)
-    g.add_argument("--proj-dim", type=int, default=128)
-    g.add_argument("--view-size", type=int, nargs=2, default=[40, 56])
-    g.add_argument("--min-scale", type=float, default=0.3, help="smallest area fraction of the random resized crop")
-    p.add_argument("--slurm", metavar="PROFILE", help="submit this run as a SLURM job with this profile YAML")
+    for name, cls in sorted(TASKS.items()):
+        cls.add_args(p.add_argument_group(f"{name} ({cls.paper})"))
     return p
 
 
-def to_device(batch, device: torch.device, channels_last: bool):
-    if isinstance(batch, torch.Tensor):
-        batch = batch.to(device, non_blocking=True)
-        return batch.contiguous(memory_format=torch.channels_last) if channels_last and batch.ndim == 4 else batch
-    return type(batch)(to_device(b, device, channels_last) for b in batch)
+def run_identity(args) -> dict:
+    """What makes two pretraining runs the same run: every result-affecting argument of this task."""
+    other_tasks = {o for name in TASKS if name != args.task for o in task_options(name)}
+    ident = engine.run_identity(vars(args), files={"split": args.split}, leave_out=other_tasks)
+    ident["device"] = args.device.split(":")[0]  # cuda:0 and cuda:1 give the same numbers
+    return ident
+
+
+def check_args(args) -> None:
+    engine.check_runtime_args(args)
+    for name in ("epochs", "steps", "max_cases"):
+        if getattr(args, name) < 0:
+            raise engine.ConfigError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(args, name)}")
+    if args.batch_size < 1:
+        raise engine.ConfigError(f"--batch-size must be >= 1, got {args.batch_size}")
+    if args.steps == 0 and args.epochs == 0:
+        raise engine.ConfigError("--epochs and --steps are both 0: nothing to train")
+    if not 0 <= args.warmup_fraction < 1:
+        raise engine.ConfigError(f"--warmup-fraction must be in [0, 1), got {args.warmup_fraction}")
+    if args.axis not in (0, 1, 2):
+        raise engine.ConfigError(f"--axis must be 0, 1 or 2, got {args.axis}")
 
 
 def training_cases(args) -> list:
@@ -84,185 +85,130 @@ def training_cases(args) -> list:
     cases = [c for c in scans.find_cases(args.data) if c.case_id in pool]
     missing = pool - {c.case_id for c in cases}
     if missing:
-        raise scans.ScanError(args.data, f"{len(missing)} training-pool cases of {args.split} are not in the dataset (e.g. {sorted(missing)[:3]})")
+        raise scans.ScanError(args.data, f"{len(missing)} training-pool cases of {args.split} are not in the dataset "
+                                         f"(e.g. {sorted(missing)[:3]})")
     return cases[: args.max_cases] if args.max_cases else cases
 
 
-def check_resume(ckpt: dict, args) -> None:
-    old = ckpt["args"]
-    diff = [f"{k}: {old.get(k)!r} -> {getattr(args, k)!r}" for k in RESUME_MUST_MATCH if old.get(k) != getattr(args, k)]
-    if diff:
-        raise ValueError(f"{args.out} holds a run with other settings ({'; '.join(diff)}); use another --out")
-
-
-def final_accuracy(log_path: Path, after_step: int) -> float | None:
+def final_accuracy(rows: list[dict], after_step: int) -> float | None:
     """Mean logged pretext accuracy over the last epoch (steps > ``after_step``)."""
-    if not log_path.is_file():
-        return None
-    rows = [json.loads(l) for l in log_path.read_text().splitlines() if l.strip()]
     accs = [r["accuracy"] for r in rows if r["step"] > after_step] or [r["accuracy"] for r in rows[-1:]]
     return sum(accs) / len(accs) if accs else None
 
 
-def finished(out: Path, args) -> dict | None:
-    """The summary of a finished run in ``out`` with the same settings, else None."""
-    try:
-        summary = json.loads((out / "summary.json").read_text())
-        config = json.loads((out / "config.json").read_text())
-    except (OSError, json.JSONDecodeError):
-        return None
-    same = all(config.get(k) == getattr(args, k) for k in RESUME_MUST_MATCH)
-    return summary if same and summary.get("status") == "done" and (out / "encoder.pt").is_file() else None
+class PretextTrainer(engine.Trainer):
+    """The pretraining step: a pretext task's forward pass, its loss and accuracy, and view previews."""
+
+    def __init__(self, task, net, dataset, sampler, args, workers: int, cuda: bool, writer, images_per_step: int):
+        self.task, self.net, self.dataset, self.sampler, self.args = task, net, dataset, sampler, args
+        self.workers, self.cuda, self.writer, self.images_per_step = workers, cuda, writer, images_per_step
+
+    def batches(self, epoch, start):
+        self.sampler.set_epoch(epoch, start)
+        return DataLoader(self.dataset, batch_size=self.args.batch_size, sampler=self.sampler, num_workers=self.workers,
+                          worker_init_fn=engine.worker_init, pin_memory=self.cuda, drop_last=True)
+
+    def forward(self, batch):
+        return self.net(batch)
+
+    def after_step(self, step, batch, out, logged, epoch_start):
+        if self.writer is not None and logged and epoch_start:
+            self.writer.add_images(f"pretrain/{self.args.task}/views", self.task.preview(batch).float().cpu(),
+                                   step * self.images_per_step)
 
 
 def run(args) -> dict:
     """Train; return the summary dict (also written to RUN_DIR/summary.json)."""
     t_start = time.time()
-    if args.task not in TASKS:
-        raise ValueError(f"unknown task {args.task!r}; expected one of {sorted(TASKS)}")
-    device = runtime.resolve_device(args.device)
-    rank, world, device = runtime.setup_distributed(device)
-    out = Path(args.out)
+    check_args(args)
+    device = engine.resolve_device(args.device)
+    rank, world, device = engine.setup_distributed(device)
     main_proc = rank == 0
-    done = finished(out, args)
+    folder = engine.RunFolder(args.out, run_identity(args), SUMMARY)
+    done = folder.finished()
     if done is not None:
         if main_proc:
-            print(f"{out} already holds a finished {args.task} run ({done['step']} steps); nothing to do", flush=True)
+            print(f"{folder.path} already holds this finished {args.task} run ({done['step']} steps); nothing to do",
+                  flush=True)
         return done
     if main_proc:
-        out.mkdir(parents=True, exist_ok=True)
-    provenance = runtime.print_header("pretrain", vars(args)) if main_proc else {}
-    runtime.seed_everything(args.seed + rank)
+        folder.claim()
+    try:
+        return train(args, folder, device, rank, world, t_start)
+    finally:
+        folder.release()
+
+
+def train(args, folder: engine.RunFolder, device: torch.device, rank: int, world: int, t_start: float) -> dict:
+    """Build the task, train it through the engine's loop, write encoder.pt and summary.json."""
+    main_proc = rank == 0
+    provenance = engine.provenance() if main_proc else {}
+    if main_proc:
+        engine.print_header("pretrain", folder, provenance)
+    engine.seed_everything(args.seed + rank)
     cuda = device.type == "cuda"
 
-    loaded = scans.load_cases(training_cases(args), with_label=False, progress=main_proc)
+    loaded = scans.load_cases(training_cases(args), with_label=False, progress=main_proc and engine.on_terminal())
     encoder = models.create_encoder(args.encoder, in_chans=1)
-    views, model, info = TASKS[args.task].build(args, encoder)
-    dataset = scans.UnlabelledSlices(loaded, size=tuple(args.size), axis=args.axis, transform=views)
-    sampler = runtime.ResumableSampler(len(dataset), args.batch_size, args.seed, rank, world)
+    task = TASKS[args.task](args, encoder)
+    model = task.model
+    dataset = scans.UnlabelledSlices(loaded, size=tuple(args.size), axis=args.axis, transform=task.views)
+    sampler = engine.ResumableSampler(len(dataset), args.batch_size, args.seed, rank, world)
     per_epoch = sampler.batches_per_epoch
     total = args.steps if args.steps > 0 else args.epochs * per_epoch
-    warmup = max(1, int(args.warmup_fraction * total))
-    workers = args.workers if args.workers >= 0 else (0 if (os.cpu_count() or 1) <= 2 else min(8, os.cpu_count() // 2))
 
     model.to(device)
     if cuda:
         model.to(memory_format=torch.channels_last)
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
     scaler = torch.amp.GradScaler("cuda", enabled=args.amp and cuda)
-    step, elapsed_before = 0, 0.0
-    ckpt = runtime.load_checkpoint(out)
-    if ckpt is not None:
-        check_resume(ckpt, args)
-        model.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        scaler.load_state_dict(ckpt["scaler"])
-        runtime.restore_rng(ckpt["rng"])
-        step, elapsed_before = ckpt["step"], ckpt.get("elapsed_s", 0.0)
-        if main_proc:
-            print(f"resuming from {out / runtime.CHECKPOINT} at step {step}/{total}", flush=True)
-    elif main_proc:
-        scans.write_json_atomic({**vars(args), "provenance": provenance, "slices": len(dataset),
-                                 "cases": [c.case_id for c in loaded], "steps_total": total}, out / "config.json")
+    state = engine.TrainState(model, optimizer, scaler, t_start=t_start)
+    log = engine.resume(folder, state, log_enabled=main_proc)
+    if state.step == 0 and main_proc:
+        folder.write_config(args=vars(args), provenance=provenance, slices=len(dataset),
+                            cases=[c.case_id for c in loaded], steps_total=total, steps_per_epoch=per_epoch)
     net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if cuda else None) if world > 1 else model
+    writer = engine.tensorboard_writer(folder.path) if main_proc else None
+    images_per_step = args.batch_size * world
+    settings = engine.LoopSettings(
+        total=total, per_epoch=per_epoch, lr=args.lr, warmup=max(1, int(args.warmup_fraction * total)),
+        images_per_step=images_per_step, amp=args.amp, log_every=args.log_every, ckpt_every=args.ckpt_every,
+        checkpoint_each_epoch=True, log_epoch_start=True, stop_at_step=args.stop_at_step,
+        progress_every=args.progress_every, sleep_per_step=args.sleep_per_step,
+        tb_prefix=f"pretrain/{args.task}/", desc=f"pretrain {args.task}")
+    trainer = PretextTrainer(task, net, dataset, sampler, args, engine.default_workers(args.workers), cuda, writer,
+                             images_per_step)
+    try:
+        finished = engine.fit(folder, state, trainer, device, settings, log, writer, main=main_proc)
+    finally:
+        if writer is not None:
+            writer.close()
+    if not finished:
+        return {"status": "interrupted", "step": state.step, "steps_total": total}
 
-    def save_checkpoint():
-        if main_proc:
-            runtime.atomic_torch_save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                                       "scaler": scaler.state_dict(), "step": step, "args": vars(args),
-                                       "elapsed_s": elapsed_before + time.time() - t_start,
-                                       "rng": runtime.capture_rng()}, out / runtime.CHECKPOINT)
-
-    writer = None
-    if main_proc:
-        from torch.utils.tensorboard import SummaryWriter
-        writer = SummaryWriter(str(out))
-    log = runtime.JsonlLog(out / "log.jsonl", resume_step=step, enabled=main_proc)
-    stop = runtime.StopSignal()
-    bar = tqdm(total=total, initial=step, desc=f"pretrain {args.task}", unit="step", disable=not main_proc, dynamic_ncols=True)
-    amp_dtype = torch.float16 if cuda else torch.bfloat16
-    t_last, n_last = time.perf_counter(), 0
-    model.train()
-    while step < total and not stop:
-        epoch, start = divmod(step, per_epoch)
-        sampler.set_epoch(epoch, start)
-        loader = DataLoader(dataset, batch_size=args.batch_size, sampler=sampler, num_workers=workers,
-                            worker_init_fn=runtime.worker_init, pin_memory=cuda, drop_last=True)
-        for i, batch in enumerate(loader):
-            lr = runtime.lr_at(step, total, args.lr, warmup)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            batch = to_device(batch, device, cuda)
-            with torch.autocast(device.type, dtype=amp_dtype, enabled=args.amp):
-                res = net(batch)
-            loss = res["loss"]
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
-            step += 1
-            n_last += args.batch_size * world
-            bar.update(1)
-            if step % args.log_every == 0 or step == total or i == 0:
-                loss_v, acc_v = float(loss.detach()), float(res["accuracy"])
-                if loss_v != loss_v:
-                    raise FloatingPointError(f"loss is NaN at step {step}")
-                rate = n_last / max(1e-9, time.perf_counter() - t_last)
-                t_last, n_last = time.perf_counter(), 0
-                seen = step * args.batch_size * world
-                bar.set_postfix(loss=f"{loss_v:.3f}", acc=f"{acc_v:.3f}", refresh=False)
-                log.write(step=step, epoch=epoch, images=seen, loss=loss_v, accuracy=acc_v, lr=lr, images_per_s=rate)
-                if writer:
-                    writer.add_scalar(f"pretrain/{args.task}/loss", loss_v, seen)
-                    writer.add_scalar(f"pretrain/{args.task}/accuracy", acc_v, seen)
-                    writer.add_scalar(f"pretrain/{args.task}/lr", lr, seen)
-                    writer.add_scalar(f"pretrain/{args.task}/images_per_s", rate, seen)
-                    if i == 0:
-                        writer.add_images(f"pretrain/{args.task}/views", model.preview(batch).float().cpu(), seen)
-            if args.ckpt_every and step % args.ckpt_every == 0:
-                save_checkpoint()
-            if stop or step >= total:
-                break
-        save_checkpoint()
-    bar.close()
-    stop.close()
-    if writer:
-        writer.flush()
-    if stop:
-        if main_proc:
-            print(f"stopped by signal {stop.received} at step {step}/{total}; checkpoint saved, run again to resume", flush=True)
-        return {"status": "interrupted", "step": step, "steps_total": total}
-
-    summary = {"status": "done", "task": args.task, "encoder": args.encoder, "step": step, "steps_total": total,
-               "final_accuracy": final_accuracy(out / "log.jsonl", total - per_epoch), "chance": info["chance"],
+    summary = {"status": "done", "task": args.task, "encoder": args.encoder, "step": state.step, "steps_total": total,
+               "final_accuracy": final_accuracy(log.rows(), total - per_epoch), "chance": task.chance,
                "slices": len(dataset), "cases": len(loaded), "world_size": world,
-               "wall_time_s": round(elapsed_before + time.time() - t_start, 1)}
+               "wall_time_s": round(state.elapsed(), 1)}
     if main_proc:
         meta = {"pretext": args.task, "data": str(args.data), "split": str(args.split),
                 "train_cases": [c.case_id for c in loaded], "config": vars(args),
-                "commit": provenance.get("commit"), "dirty": provenance.get("dirty"), "steps": step,
-                "final_accuracy": summary["final_accuracy"]}
-        if "permutations" in info:
-            meta["permutations"] = info["permutations"]
-        models.save_encoder(out / "encoder.pt", encoder, **meta)
-        scans.write_json_atomic(summary, out / "summary.json")
+                "commit": provenance.get("commit"), "dirty": provenance.get("dirty"), "steps": state.step,
+                "final_accuracy": summary["final_accuracy"], **task.encoder_meta()}
+        models.save_encoder(folder.path / "encoder.pt", encoder, **meta)
+        folder.write_result(summary)
         print(f"done: {args.task} accuracy {summary['final_accuracy'] or 0:.3f} over the last epoch "
-              f"(chance {info['chance']:.3f}) -> {out / 'encoder.pt'}", flush=True)
-        if writer:
-            writer.close()
+              f"(chance {task.chance:.3f}) -> {folder.path / 'encoder.pt'}", flush=True)
     return summary
 
 
 def main(argv=None) -> int:
     args = get_args_parser().parse_args(argv)
-    if args.slurm:
-        from slurm.submit import submit_pretrain
-        return submit_pretrain(args, argv)
     try:
         res = run(args)
-    except (scans.ScanError, ValueError, FileNotFoundError) as e:
+    except (scans.ScanError, ValueError, FileNotFoundError, engine.RunBusy) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     finally:
-        runtime.cleanup_distributed()
+        engine.cleanup_distributed()
     return 0 if res["status"] == "done" else 143

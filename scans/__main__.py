@@ -11,9 +11,11 @@ import json
 import sys
 from pathlib import Path
 
+from atomicio import write_json
+
 from .discover import find_cases
 from .errors import ScanError
-from .splits import make_splits, write_json_atomic
+from .splits import make_splits
 from .summary import format_summary, summarize
 
 
@@ -43,7 +45,7 @@ def run_split(args) -> dict:
             raise ScanError(args.data_dir, "no labelled cases to split (use --no-labelled-only for unlabelled data)")
     splits = make_splits([c.case_id for c in cases], args.test_fraction, args.seed, args.fractions, args.seeds,
                          dataset=Path(args.data_dir).name)
-    write_json_atomic(splits, args.out)
+    write_json(args.out, splits)
     return splits
 
 

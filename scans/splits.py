@@ -59,15 +59,6 @@ def make_splits(case_ids: list[str], test_fraction: float = 0.2, seed: int = 0,
             "label_fractions": per_seed}
 
 
-def write_json_atomic(obj, path: str | os.PathLike) -> None:
-    """Write JSON through a temporary file and rename, so no half-written file is left."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(json.dumps(obj, indent=1, sort_keys=True) + "\n")
-    os.replace(tmp, path)
-
-
 def load_splits(path: str | os.PathLike) -> dict:
     p = Path(path)
     if not p.is_file():

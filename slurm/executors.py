@@ -6,6 +6,8 @@ from pathlib import Path
 
 import submitit
 
+from .profiles import slurm_parameters
+
 EXECUTORS = ("local", "debug", "slurm")
 
 
@@ -21,7 +23,6 @@ def make_executor(kind: str, folder: str | Path, timeout_min: int = 120, profile
         ex.update_parameters(timeout_min=timeout_min)  # submitit's default would kill jobs after 2 minutes
         return ex
     if kind == "slurm":
-        from .profiles import slurm_parameters
         ex = submitit.AutoExecutor(folder=str(folder), cluster="slurm")
         ex.update_parameters(name=job_name, **slurm_parameters(profile or {}, timeout_min, gpus))
         return ex

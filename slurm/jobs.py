@@ -1,16 +1,23 @@
-"""The callables that submitit runs: one pretraining or fine-tuning run given its command line.
+"""The callable that submitit runs: one pretraining or fine-tuning run given its command line.
 
-They are ``submitit.helpers.Checkpointable``: on pre-emption or time-out submitit calls
-``checkpoint``, which resubmits the same call; the run then resumes from the checkpoint in
-its own run folder (pretraining and fine-tuning both resume automatically). With several
-submitit tasks (one per GPU) the torch.distributed environment is exported first, so
-pretraining runs as DDP.
+It is a ``submitit.helpers.Checkpointable``: on pre-emption or time-out submitit calls
+``checkpoint``, which resubmits the same call; the run then resumes from the checkpoint in its
+own run folder (pretraining and fine-tuning both resume automatically). With several submitit
+tasks (one per GPU) the torch.distributed environment is exported first, so pretraining runs
+as DDP.
 """
 from __future__ import annotations
 
 import os
 
 import submitit
+import torch
+
+import engine
+import finetune
+import pretrain
+
+TRAINERS = {"pretrain": pretrain, "finetune": finetune}
 
 
 class RunInterrupted(RuntimeError):
@@ -30,27 +37,23 @@ class TrainJob(submitit.helpers.Checkpointable):
     """Run ``python -m pretrain`` or ``python -m finetune`` in-process with ``argv``."""
 
     def __init__(self, kind: str, threads: int = 0):
-        if kind not in ("pretrain", "finetune"):
-            raise ValueError(f"job kind must be pretrain or finetune, got {kind!r}")
+        if kind not in TRAINERS:
+            raise engine.ConfigError(f"job kind must be one of {sorted(TRAINERS)}, got {kind!r}")
         self.kind, self.threads = kind, threads
 
     def __call__(self, argv: list[str]) -> dict:
-        import torch
-
         if self.threads:
             torch.set_num_threads(self.threads)
             os.environ["OMP_NUM_THREADS"] = str(self.threads)
+        trainer = TRAINERS[self.kind]
         if self.kind == "pretrain":
-            from pretrain.train import get_args_parser, run
             _distributed_env()
-        else:
-            from finetune.train import get_args_parser, run
-        from pretrain.runtime import cleanup_distributed
-
         try:
-            res = run(get_args_parser().parse_args(list(argv)))
+            res = trainer.run(trainer.get_args_parser().parse_args(list(argv)))
+        except engine.RunBusy as e:  # another process works on this run folder: leave it to it
+            return {"status": "running elsewhere", "detail": str(e)}
         finally:
-            cleanup_distributed()
+            engine.cleanup_distributed()
         if res.get("status") == "interrupted":
             raise RunInterrupted(f"{self.kind} run stopped at step {res.get('step')}; run again to resume")
         return res

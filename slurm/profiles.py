@@ -21,23 +21,26 @@ from pathlib import Path
 
 import yaml
 
-from scans import ScanError
+from engine import ConfigError
 
 FIELDS = ("partition", "account", "qos", "constraint", "nodes", "gpus_per_node", "tasks_per_node", "cpus_per_task",
           "mem_gb", "time_min", "array_parallelism", "signal_delay_s", "setup", "sbatch")
 
 
 def load_profile(path: str | Path) -> dict:
+    """Read and check a profile YAML (ConfigError naming the file on any problem)."""
     p = Path(path)
     if not p.is_file():
-        raise ScanError(p, "SLURM profile does not exist")
+        raise ConfigError(f"{p}: SLURM profile does not exist (see slurm/profiles/example-gpu.yaml)")
     try:
         prof = yaml.safe_load(p.read_text()) or {}
     except yaml.YAMLError as e:
-        raise ScanError(p, f"invalid YAML: {e}") from None
+        raise ConfigError(f"{p}: invalid YAML: {' '.join(str(e).split())}") from None
+    if not isinstance(prof, dict):
+        raise ConfigError(f"{p}: a SLURM profile is a mapping of fields, got {type(prof).__name__}")
     unknown = sorted(set(prof) - set(FIELDS))
     if unknown:
-        raise ValueError(f"{p}: unknown profile fields {unknown}; expected some of {list(FIELDS)}")
+        raise ConfigError(f"{p}: unknown profile fields {unknown}; expected some of {list(FIELDS)}")
     return prof
 
 

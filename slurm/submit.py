@@ -1,10 +1,14 @@
-"""Submitting to SLURM through submitit: one pretraining job, or a whole transfer-table grid.
+"""Submitting to SLURM through submitit: one pretraining or fine-tuning run, or a whole grid.
 
-The grid is submitted at once and the submitting process may exit: one job per pretext task
-(multi-GPU DDP through submitit tasks when the profile has several GPUs), then fine-tuning job
-arrays that wait for their encoder (``afterok``), then a collector job (``afterany``) that
-builds the table from whatever finished. Job ids and log paths go to
-``runs/<name>/slurm_jobs.json``, which ``python -m experiments status`` reads.
+One run (``python -m slurm submit pretrain|finetune --profile P ARGS...``) is one job whose
+logs go to ``RUN_DIR/slurm/``; a pretraining job with several GPUs per node runs as DDP (one
+submitit task per GPU).
+
+A grid (``python -m experiments reproduce --executor slurm``) is submitted at once and the
+submitting process may exit: one job per pretext task, then fine-tuning job arrays that wait
+for their encoder (``afterok``), then a collector job (``afterany``) that builds the table
+from whatever finished. Job ids and log paths go to ``RUNS_DIR/slurm_jobs.json``
+(:data:`JOBS_FILE`), which ``python -m experiments status`` reads.
 """
 from __future__ import annotations
 
@@ -13,55 +17,44 @@ import pickle
 import subprocess
 from pathlib import Path
 
+from atomicio import write_json
+
 from .executors import make_executor
 from .jobs import TrainJob
 from .profiles import load_profile
 
-REGISTRY = "slurm_jobs.json"
-
-
-def _argv_without_slurm(argv: list[str]) -> list[str]:
-    out, skip = [], False
-    for a in argv:
-        if skip:
-            skip = False
-            continue
-        if a == "--slurm":
-            skip = True
-            continue
-        if a.startswith("--slurm="):
-            continue
-        out.append(a)
-    return out
+JOBS_FILE = "slurm_jobs.json"
 
 
 def _entry(job, folder: Path) -> dict:
     return {"job_id": str(job.job_id), "stdout": str(job.paths.stdout), "stderr": str(job.paths.stderr), "folder": str(folder)}
 
 
-def submit_pretrain(args, argv: list[str] | None = None) -> int:
-    """``python -m pretrain ... --slurm PROFILE``: submit this run as one job and return."""
-    import sys
-    prof = load_profile(args.slurm)
-    folder = Path(args.out) / "slurm"
-    ex = make_executor("slurm", folder, profile=prof, job_name=f"pretrain-{args.task}")
-    job = ex.submit(TrainJob("pretrain"), _argv_without_slurm(list(argv if argv is not None else sys.argv[1:])))
-    print(f"submitted pretraining job {job.job_id}; logs: {job.paths.stdout}")
-    return 0
+def submit_run(kind: str, argv: list[str], profile: str, out: str, name: str) -> dict:
+    """Submit one ``python -m pretrain|finetune ARGV`` run as a job with ``profile``; return its entry."""
+    prof = load_profile(profile)
+    folder = Path(out) / "slurm"
+    gpus = None if kind == "pretrain" else min(1, int(prof.get("gpus_per_node") or 0))
+    ex = make_executor("slurm", folder, profile=prof, job_name=f"{kind}-{name}", gpus=gpus)
+    if kind == "finetune":
+        ex.update_parameters(tasks_per_node=1, nodes=1)
+    job = ex.submit(TrainJob(kind), list(argv))
+    return _entry(job, folder)
 
 
-def _write_registry(runs_dir: Path, new: dict) -> None:
-    path = runs_dir / REGISTRY
-    reg = {}
-    if path.is_file():
-        reg = json.loads(path.read_text())
-    reg.update(new)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(reg, indent=1, sort_keys=True))
-    tmp.replace(path)
+def _extra_sbatch(prof: dict) -> dict:
+    return {str(k).replace("-", "_"): v for k, v in (prof.get("sbatch") or {}).items()}
 
 
-def submit_grid(cfg: dict, runs: list, todo: list, profile: str, collect_fn=None) -> dict:
+def read_jobs(runs_dir: str | Path) -> dict:
+    """key -> {"job_id", "stdout", "stderr", "folder"} of a submitted grid ({} if none)."""
+    try:
+        return json.loads((Path(runs_dir) / JOBS_FILE).read_text())
+    except (OSError, json.JSONDecodeError):
+        return {}
+
+
+def submit_grid(cfg: dict, todo: list, profile: str, collect_fn=None) -> dict:
     """Submit the unfinished runs of a grid with dependencies, plus the collector; do not wait."""
     prof = load_profile(profile)
     runs_dir = Path(cfg["runs_dir"])
@@ -75,14 +68,13 @@ def submit_grid(cfg: dict, runs: list, todo: list, profile: str, collect_fn=None
         pre_jobs[run.key] = str(job.job_id)
         registry[run.key] = _entry(job, folder)
         print(f"submitted {run.key}: job {job.job_id}")
-    ft = [r for r in todo if r.kind == "finetune"]
     groups: dict[tuple, list] = {}
-    for run in ft:
+    for run in [r for r in todo if r.kind == "finetune"]:
         groups.setdefault(tuple(pre_jobs[n] for n in run.needs if n in pre_jobs), []).append(run)
     array_ids = []
     for deps, group in groups.items():
         ex = make_executor("slurm", folder, profile=prof, job_name=f"{cfg['name']}-finetune", gpus=min(1, gpus))
-        extra = {**{k.replace("-", "_"): v for k, v in (prof.get("sbatch") or {}).items()}}
+        extra = _extra_sbatch(prof)
         if deps:
             extra["dependency"] = "afterok:" + ":".join(deps)
         ex.update_parameters(tasks_per_node=1, nodes=1, slurm_additional_parameters=extra)
@@ -95,15 +87,15 @@ def submit_grid(cfg: dict, runs: list, todo: list, profile: str, collect_fn=None
     if collect_fn is not None:
         ex = make_executor("slurm", folder, profile=prof, job_name=f"{cfg['name']}-collect", gpus=0)
         after = array_ids + list(pre_jobs.values())
-        extra = {**{k.replace("-", "_"): v for k, v in (prof.get("sbatch") or {}).items()}}
+        extra = _extra_sbatch(prof)
         if after:
             extra["dependency"] = "afterany:" + ":".join(after)
         ex.update_parameters(tasks_per_node=1, nodes=1, cpus_per_task=1, slurm_additional_parameters=extra)
         job = ex.submit(collect_fn, cfg)
         registry["collect"] = _entry(job, folder)
         print(f"submitted the collector: job {job.job_id}" + (f" after {extra['dependency']}" if after else ""))
-    _write_registry(runs_dir, registry)
-    print(f"job ids and logs: {runs_dir / REGISTRY}; follow with: python -m experiments status --config {cfg['config_path']}")
+    write_json(runs_dir / JOBS_FILE, {**read_jobs(runs_dir), **registry})
+    print(f"job ids and logs: {runs_dir / JOBS_FILE}; follow with: python -m experiments status --config {cfg['config_path']}")
     return {"failed": {}, "submitted": registry}
 
 
@@ -138,3 +130,4 @@ def job_states(jobs: dict[str, dict]) -> dict[str, str]:
         else:
             out[key] = "FAILED"  # gone from the queue without a result: killed, cancelled or lost
     return out
+

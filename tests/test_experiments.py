@@ -1,14 +1,19 @@
 """The grid runner: configs, an end-to-end tiny reproduction through submitit's local executor."""
 import csv
 import json
+import re
+import subprocess
+import sys
 
 import pytest
 import yaml
 from PIL import Image
 
+from engine import ConfigError
 from experiments import load_config
 from experiments.__main__ import main as experiments_main
 from experiments.grid import finetune_runs, pretrain_runs
+from experiments.reproduce import plan
 
 
 def write_config(tmp_path, data, **over):
@@ -32,7 +37,16 @@ def test_config_checks_keys_and_drops_imagenet_without_weights(tmp_path, small_m
     cfg = load_config(write_config(tmp_path, small_msd, inits=["random", "imagenet", "simclr"]))
     assert cfg["inits"] == ["random", "simclr"] and cfg["name"] == "tiny"
     bad = write_config(tmp_path, small_msd, finetune={"stepz": 3})
-    with pytest.raises(ValueError, match="unknown key 'stepz'"):
+    with pytest.raises(ConfigError, match="unknown key 'stepz'"):
+        load_config(bad)
+    bad = write_config(tmp_path, small_msd, pretrain={"task_args": {"simclr": {"tile": 3}}})
+    with pytest.raises(ConfigError, match=r"task_args.simclr has unknown option 'tile'; simclr takes \['temperature'"):
+        load_config(bad)
+    bad = write_config(tmp_path, small_msd, finetune={"args": {"lrr": 0.1}})
+    with pytest.raises(ConfigError, match="finetune.args has unknown option 'lrr'"):
+        load_config(bad)
+    bad = write_config(tmp_path, small_msd, tasks=["simclr", "colourise"])
+    with pytest.raises(ConfigError, match=r"unknown pretext task 'colourise'; expected one of \['jigsaw', 'rotation', 'simclr'\]"):
         load_config(bad)
     assert experiments_main(["reproduce", "--config", str(tmp_path / "missing.yaml")]) == 2
 
@@ -74,7 +88,38 @@ def test_tiny_reproduction_end_to_end_and_idempotent(tmp_path, small_msd, capsys
     capsys.readouterr()
     assert experiments_main(["reproduce", "--config", str(path), "--executor", "local"]) == 0
     out = capsys.readouterr().out
-    assert "9 already finished, 0 to run" in out
+    assert "9 already finished, 0 running elsewhere, 0 to run" in out
     assert (res / "table.csv").read_bytes() == before
     assert experiments_main(["status", "--config", str(path)]) == 0
     assert "9 done" in capsys.readouterr().out
+
+    # a run another process works on is shown as running and left alone
+    holder = subprocess.Popen([sys.executable, "-c", HOLD, str(runs / "unet" / "random" / "frac1" / "seed0")],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        assert experiments_main(["status", "--config", str(path)]) == 0
+        assert re.search(rf"unet/random/frac1/seed0 +running +process {holder.pid}", capsys.readouterr().out)
+        _, todo, elsewhere = plan(load_config(path))
+        assert not todo and [r.key for r in elsewhere] == ["unet/random/frac1/seed0"]
+    finally:
+        holder.kill()
+        holder.wait()
+
+    # a changed pretext setting makes the encoder and every fine-tuning run on it stale, by the trainers' own rule
+    changed = write_config(tmp_path, small_msd, pretrain={"epochs": 1, "batch_size": 8, "args": {"steps": 2},
+                                                          "task_args": {"simclr": {"temperature": 0.5}}})
+    capsys.readouterr()
+    _, todo, _ = plan(load_config(changed))
+    assert sorted(r.key for r in todo) == ["pretrain/simclr", "transunet/simclr/frac0.5/seed0", "transunet/simclr/frac1/seed0",
+                                           "unet/simclr/frac0.5/seed0", "unet/simclr/frac1/seed0"]
+    assert capsys.readouterr().out.count("holds a run with other settings; moved to") == 5
+
+
+# another process working on a run folder: it holds the folder's lock, as engine.RunFolder.claim does
+HOLD = """import fcntl, os, sys, time
+f = open(os.path.join(sys.argv[1], ".lock"), "a+")
+fcntl.flock(f, fcntl.LOCK_EX)
+f.truncate(0); f.write(str(os.getpid())); f.flush()
+print("locked", flush=True)
+time.sleep(600)"""

@@ -12,9 +12,11 @@ import torch.nn.functional as F
 
 import models
 import scans
+from atomicio import write_json
 from finetune import metrics
 from finetune.losses import SegmentationLoss, focal_loss, soft_dice_loss
 from finetune.train import build_model, get_args_parser, main, run
+from helpers import changed_value, fingerprint, identity_actions, refused_names
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -131,7 +133,7 @@ def tiny(data_dir, tmp_path):
     (root / "dataset.json").write_text(json.dumps({"labels": labels}))
     ids = [c.case_id for c in scans.find_cases(root)]
     split = tmp_path / "splits.json"
-    scans.write_json_atomic(scans.make_splits(ids, test_fraction=0.3, seed=0, fractions=(0.5, 1.0), seeds=(0,)), split)
+    write_json(split, scans.make_splits(ids, test_fraction=0.3, seed=0, fractions=(0.5, 1.0), seeds=(0,)))
     return root, split
 
 
@@ -164,9 +166,10 @@ def test_end_to_end_cli(tiny, tmp_path):
     assert m["test_cases"] == sorted(splits["test"]) and [c["case_id"] for c in m["cases"]] == m["test_cases"]
     assert sorted(m["train_cases"] + m["val_cases"]) == sorted(splits["label_fractions"]["0"]["1.0"])
     assert not set(m["train_cases"]) & set(m["test_cases"])
-    for k in ("mean_hd95", "hd95_per_class", "config", "commit", "seed", "wall_time_s", "machine", "init"):
+    for k in ("mean_hd95", "hd95_per_class", "identity", "args", "commit", "seed", "wall_time_s", "machine", "init"):
         assert k in m, k
-    assert m["config"]["arch"] == "unet" and m["seed"] == 0 and m["init"]["init"] == "random"
+    assert m["identity"]["arch"] == "unet" and m["seed"] == 0 and m["init"]["init"] == "random"
+    assert m["identity"] == json.loads((out / "config.json").read_text())["identity"]
     for f in ("config.json", "log.jsonl", "checkpoint.pt"):
         assert (out / f).is_file(), f
     assert torch.load(out / "checkpoint.pt", weights_only=False)["step"] == 4
@@ -175,9 +178,32 @@ def test_end_to_end_cli(tiny, tmp_path):
     assert {"train/loss", "train/lr", "val/dice", "test/mean_dice", "hparam/test_mean_dice"} <= set(events.Tags()["scalars"])
     assert "test/image_label_prediction" in events.Tags()["images"]
     assert "_hparams_/session_start_info" in events.PluginTagToContent("hparams")
-    # the same command again: already done, same numbers; other settings in the same folder: an error
+    # the same command again: already done, same numbers, nothing touched
+    files = fingerprint(out)
     assert run(args_of(*argv(data, split, out, "--val-cases", "1", "--tta"))) == m
-    assert main(argv(data, split, out, "--lr", "0.1")) == 2
+    assert fingerprint(out) == files
+
+
+def test_every_result_affecting_argument_is_checked_after_a_finished_run(tiny, tmp_path, capsys):
+    data, split = tiny
+    out = tmp_path / "run"
+    base = argv(data, split, out)
+    assert main(base) == 0
+    other_file = tmp_path / "other.json"
+    write_json(other_file, {**json.loads(split.read_text()), "note": "another file"})
+    ident = json.loads((out / "config.json").read_text())["identity"]
+    actions = identity_actions(get_args_parser(), ident)
+    assert {a.dest for a in actions} == {k for k in ident if not k.endswith("_sha256")}
+    files = fingerprint(out)
+    for action in actions:
+        capsys.readouterr()
+        rc = main(base + changed_value(action, other_file))
+        err = capsys.readouterr().err
+        assert rc == 2 and refused_names(err, action), (action.dest, rc, err)
+    assert fingerprint(out) == files
+    for reporting in (["--workers", "1"], ["--log-every", "1"], ["--ckpt-every", "1"], ["--stop-at-step", "2"]):
+        assert main(base + reporting) == 0  # changes no number: still the same finished run
+    assert fingerprint(out) == files
 
 
 def test_determinism_and_resume(tiny, tmp_path):

@@ -14,7 +14,9 @@ import torch.nn.functional as F
 import models
 import pretrain
 import scans
-from pretrain import jigsaw, rotation, simclr
+from atomicio import write_json
+from helpers import changed_value, fingerprint, identity_actions, refused_names
+from pretrain.tasks import jigsaw, rotation, simclr
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -23,7 +25,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def split_file(tmp_path_factory, data_dir):
     path = tmp_path_factory.mktemp("split") / "splits.json"
     ids = [c.case_id for c in scans.find_cases(data_dir)]
-    scans.write_json_atomic(scans.make_splits(ids, 0.2, 0, (0.1, 1.0), (0,)), path)
+    write_json(path, scans.make_splits(ids, 0.2, 0, (0.1, 1.0), (0,)))
     return path
 
 
@@ -115,10 +117,42 @@ def test_positive_accuracy():
     assert simclr.positive_accuracy(z, torch.roll(z, 1, 0)).item() == 0.0
 
 
+# ---------------------------------------------------------------- registry
+
+def test_registry_drives_cli_config_and_docs(tmp_path):
+    assert set(pretrain.TASKS) == {"rotation", "jigsaw", "simclr"}
+    parser = pretrain.get_args_parser()
+    choices = next(a for a in parser._actions if a.dest == "task").choices
+    assert sorted(choices) == sorted(pretrain.TASKS)
+    for name, cls in pretrain.TASKS.items():
+        assert cls.paper and cls.summary and name in parser.epilog
+        assert set(pretrain.task_options(name)) <= {a.dest for a in parser._actions}
+    assert pretrain.task_options("simclr") == ["temperature", "proj_dim", "view_size", "min_scale"]
+    with pytest.raises(ValueError, match="two pretext tasks are called 'rotation'"):
+        pretrain.register(type("Other", (pretrain.PretextTask,), {"name": "rotation", "summary": "x"}))
+
+
+def test_a_registered_task_is_offered_everywhere():
+    @pretrain.register
+    class Blank(pretrain.PretextTask):
+        name, paper, summary = "blank", "test", "predict nothing"
+
+        @staticmethod
+        def add_args(g):
+            g.add_argument("--blank-level", type=int, default=3)
+    try:
+        args = pretrain.get_args_parser().parse_args(["--task", "blank", "--split", "s", "--out", "o", "--blank-level", "4"])
+        assert args.blank_level == 4 and "blank" in pretrain.get_args_parser().epilog
+        ident = pretrain.run_identity(args)
+        assert ident["blank_level"] == 4 and "temperature" not in ident and "crop" not in ident
+    finally:
+        del pretrain.TASKS["blank"]
+
+
 # ---------------------------------------------------------------- end to end
 
 @pytest.mark.parametrize("task", ["rotation", "jigsaw", "simclr"])
-def test_each_task_end_to_end(task, tmp_path, split_file):
+def test_each_task_end_to_end(task, tmp_path, split_file, capsys):
     out = tmp_path / task
     res = pretrain.run(pretrain_args(task, out, split_file))
     assert res["status"] == "done" and res["step"] == 3
@@ -128,39 +162,90 @@ def test_each_task_end_to_end(task, tmp_path, split_file):
     cfg = json.loads((out / "config.json").read_text())
     test_ids = set(json.loads(split_file.read_text())["test"])
     assert cfg["cases"] and not set(cfg["cases"]) & test_ids
+    assert cfg["identity"]["task"] == task and cfg["args"]["task"] == task
     meta = models.load_checkpoint_meta(out / "encoder.pt")
+    assert meta["meta"]["pretext"] == task and meta["meta"]["steps"] == 3
     for arch in ("unet", "transunet"):
         seg = models.create_segmenter(arch, "unet_tiny", num_classes=3)
         models.load_encoder(seg, out / "encoder.pt")
-    assert (meta.get("meta", meta)).get("pretext", task) == task
+    files = fingerprint(out)
+    capsys.readouterr()
     again = pretrain.run(pretrain_args(task, out, split_file))  # finished run: nothing more to do
-    assert again["step"] == 3
+    assert again == json.loads((out / "summary.json").read_text())
+    assert "already holds this finished" in capsys.readouterr().out
+    assert fingerprint(out) == files  # not a byte or a timestamp changed
 
 
-def _cli(out, split, steps, *extra):
+@pytest.fixture(scope="module")
+def finished_simclr(tmp_path_factory, split_file):
+    out = tmp_path_factory.mktemp("finished") / "simclr"
+    assert pretrain.run(pretrain_args("simclr", out, split_file)).get("status") == "done"
+    return out
+
+
+def test_every_result_affecting_argument_is_checked_after_a_finished_run(finished_simclr, split_file, tmp_path,
+                                                                         capsys):
+    other_split = tmp_path / "other_split.json"
+    write_json(other_split, {**json.loads(split_file.read_text()), "note": "another file"})
+    base = ["--task", "simclr", "--split", str(split_file), "--out", str(finished_simclr), "--steps", "3",
+            "--batch-size", "8", "--max-cases", "3", "--log-every", "1", "--num-permutations", "10"]
+    parser = pretrain.get_args_parser()
+    ident = json.loads((finished_simclr / "config.json").read_text())["identity"]
+    actions = identity_actions(parser, ident)
+    assert {a.dest for a in actions} == set(ident) - {"split_sha256"}
+    files = fingerprint(finished_simclr)
+    for action in actions:
+        capsys.readouterr()
+        rc = pretrain.main(base + changed_value(action, other_split))
+        err = capsys.readouterr().err
+        assert rc == 2 and refused_names(err, action), (action.dest, rc, err)
+    assert fingerprint(finished_simclr) == files
+    for reporting in (["--workers", "0"], ["--log-every", "7"], ["--ckpt-every", "2"], ["--progress-every", "1"]):
+        assert pretrain.main(base + reporting) == 0  # changes no number: still the same finished run
+    assert fingerprint(finished_simclr) == files
+
+
+def test_stop_at_step_and_resume_equal_an_uninterrupted_run(tmp_path, split_file):
+    extra = ("--steps", "6", "--ckpt-every", "4")
+    ref = tmp_path / "ref"
+    pretrain.run(pretrain_args("rotation", ref, split_file, *extra))
+    out = tmp_path / "run"
+    part = pretrain.run(pretrain_args("rotation", out, split_file, *extra, "--stop-at-step", "3"))
+    assert part == {"status": "interrupted", "step": 3, "steps_total": 6}
+    assert torch.load(out / "checkpoint.pt", weights_only=False)["step"] == 3 and not (out / "encoder.pt").exists()
+    assert pretrain.run(pretrain_args("rotation", out, split_file, *extra))["step"] == 6
+    steps = [json.loads(l)["step"] for l in (out / "log.jsonl").read_text().splitlines()]
+    assert steps == [1, 2, 3, 4, 5, 6]
+    a = torch.load(ref / "encoder.pt", weights_only=True)["state_dict"]
+    b = torch.load(out / "encoder.pt", weights_only=True)["state_dict"]
+    assert all(torch.equal(a[k], b[k]) for k in a)  # bit-identical to the uninterrupted run
+
+
+def _cli(out, split, *extra):
     return [sys.executable, "-m", "pretrain", "--task", "rotation", "--split", str(split), "--out", str(out),
-            "--steps", str(steps), "--batch-size", "4", "--max-cases", "2", "--ckpt-every", "5", "--log-every", "1", *extra]
+            "--steps", "60", "--batch-size", "4", "--max-cases", "2", "--ckpt-every", "2", "--log-every", "1", *extra]
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL])
-def test_interrupt_and_resume(sig, tmp_path, split_file):
+def test_a_signal_mid_run_then_the_same_command_resumes(sig, tmp_path, split_file):
+    """The run sleeps 0.1 s per step, so the signal lands mid-run however fast or busy the machine is."""
     out = tmp_path / "run"
     env = {**os.environ, "NO_ALBUMENTATIONS_UPDATE": "1"}
-    proc = subprocess.Popen(_cli(out, split_file, 400), cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    deadline = time.time() + 120
-    while not (out / "checkpoint.pt").exists() and time.time() < deadline and proc.poll() is None:
+    proc = subprocess.Popen(_cli(out, split_file, "--sleep-per-step", "0.1"), cwd=ROOT, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    while not (out / "checkpoint.pt").exists() and proc.poll() is None:
         time.sleep(0.02)
     proc.send_signal(sig)
-    log = proc.communicate(timeout=60)[0].decode()
+    log = proc.communicate(timeout=600)[0].decode()
     assert proc.returncode != 0, log
     ckpt = torch.load(out / "checkpoint.pt", weights_only=False)
-    assert 5 <= ckpt["step"] < 400
-    done = subprocess.run(_cli(out, split_file, 400), cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert 2 <= ckpt["step"] < 60
+    done = subprocess.run(_cli(out, split_file), cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout + done.stderr
-    assert f"resuming from {out / 'checkpoint.pt'} at step {ckpt['step']}" in done.stdout
-    assert json.loads((out / "summary.json").read_text())["step"] == 400
+    assert f"resuming from {out / 'checkpoint.pt'} at step {ckpt['step']}/60" in done.stdout
+    assert json.loads((out / "summary.json").read_text())["step"] == 60
     steps = [json.loads(l)["step"] for l in (out / "log.jsonl").read_text().splitlines()]
-    assert steps == sorted(set(steps)) and steps[-1] == 400
+    assert steps == list(range(1, 61))
 
 
 def test_simclr_two_processes_gather_negatives(tmp_path, split_file):
@@ -191,7 +276,7 @@ import torch, torch.distributed as dist
 sys.path.insert(0, "tests")
 from test_pretrain import reference_ntxent
 import models
-from pretrain.simclr import SimCLRModel
+from pretrain.tasks.simclr import SimCLRModel
 dist.init_process_group("gloo")
 rank, world = dist.get_rank(), dist.get_world_size()
 torch.manual_seed(0)

@@ -9,6 +9,7 @@ import torch
 from PIL import Image
 
 import scans
+from atomicio import write_json
 from scans.__main__ import main as scans_main
 from scans.augment import segmentation_augment
 
@@ -243,7 +244,7 @@ def test_tiny_fraction_keeps_one_case_and_bad_fraction_fails():
 
 def test_select_cases_errors(tmp_path):
     path = tmp_path / "s.json"
-    scans.write_json_atomic(scans.make_splits([f"c{i}" for i in range(10)], 0.2, 0, (0.5, 1.0), (0,)), path)
+    write_json(path, scans.make_splits([f"c{i}" for i in range(10)], 0.2, 0, (0.5, 1.0), (0,)))
     s = scans.load_splits(path)
     assert len(scans.select_cases(s, 0.5, 0)) == 4
     with pytest.raises(scans.ScanError, match="no label fraction 0.1"):
@@ -268,17 +269,47 @@ def test_datasets_types_and_shapes(small_msd):
     assert h == loaded[0].image.shape[0] and w == loaded[0].image.shape[1]
 
 
-def test_augment_keeps_image_and_mask_aligned():
-    aug = segmentation_augment("light")
-    img = np.zeros((48, 64), np.float32)
-    img[10:20, 10:30] = 1.0
-    mask = (img > 0.5).astype(np.uint8)
-    for _ in range(5):
+def _centroid(m):
+    ys, xs = np.nonzero(m)
+    return np.array([ys.mean(), xs.mean()])
+
+
+@pytest.mark.parametrize("level", ["light", "default"])
+def test_augment_moves_image_and_mask_together(level):
+    """An off-centre L-shaped blob, image = mask: after each seeded augmentation the image's bright
+    region and the mask cover the same pixels up to interpolation at the border (nearest for the
+    mask, linear for the image) and have the same centroid within half a pixel."""
+    import random
+    aug = segmentation_augment(level)
+    mask = np.zeros((48, 64), np.uint8)
+    mask[8:30, 10:18] = 1
+    mask[22:30, 18:40] = 1
+    img = mask.astype(np.float32)
+    moved = 0
+    for seed in range(20):
+        rng = np.random.default_rng(seed)
+        aug.set_random_state(rng, random.Random(seed))
         out = aug(image=img, mask=mask)
-        assert np.array_equal(out["image"] > 0.5, out["mask"] > 0) or (np.abs((out["image"] > 0.5) ^ (out["mask"] > 0)).mean() < 0.02)
-
-
+        bright, m = out["image"] > 0.5, out["mask"] > 0
+        assert m.sum() > 100 and np.abs(_centroid(bright) - _centroid(m)).max() < 0.5, seed
+        assert (bright ^ m).sum() <= 0.15 * m.sum(), seed
+        moved += not np.array_equal(m, mask > 0)
+    assert moved >= 10  # the augmentations did move things
 # ---------------------------------------------------------------- CLI
+
+def test_cli_summary_reports_the_dataset(small_msd, capsys):
+    """The first 6 embedded cases, as they really are: mixed dtypes, one label file stored as float32."""
+    assert scans_main(["summary", str(small_msd)]) == 0
+    out = capsys.readouterr().out
+    for line in ("cases          6 (6 labelled)", "shape          34 x 47 x 34  to  36 x 52 x 40",
+                 "image dtypes   {'uint8': 1, 'float32': 5}", "label values   {0, 1, 2}", "problems       2",
+                 "hippocampus_003.nii.gz: labels stored as float32 (integer-valued; cast on load)"):
+        assert line in out, line
+    assert scans_main(["summary", str(small_msd), "--json"]) == 0
+    s = json.loads(capsys.readouterr().out)
+    assert s["cases"] == 6 and s["labelled"] == 6 and set(s["label_fractions"]) == {"0", "1", "2"}
+    assert sum(s["label_fractions"].values()) == pytest.approx(1.0) and s["spacing_min"] == [1.0, 1.0, 1.0]
+
 
 def test_cli_summary_and_split(data_dir, tmp_path, capsys):
     out1, out2 = tmp_path / "s1.json", tmp_path / "s2.json"

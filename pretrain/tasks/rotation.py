@@ -14,7 +14,8 @@ from torch import nn
 
 from models import RotationHead, pooled_features
 
-from .views import accuracy, content, random_square, resize
+from ..registry import PretextTask, register
+from ..views import accuracy, content, random_square, resize
 
 
 class RotationViews:
@@ -52,5 +53,18 @@ class RotationModel(nn.Module):
         return self.rotate_all(x[:4])[0]
 
 
-def build(args, encoder):
-    return RotationViews(args.crop, args.min_side), RotationModel(encoder), {"chance": 0.25}
+@register
+class Rotation(PretextTask):
+    name = "rotation"
+    paper = "Gidaris et al. 2018, arXiv:1803.07728"
+    summary = "predict which of 0/90/180/270 degrees a square crop was rotated by (4-way)"
+
+    @staticmethod
+    def add_args(g) -> None:
+        g.add_argument("--crop", type=int, default=32, help="side of the square crop that is rotated (after resizing)")
+        g.add_argument("--min-side", type=float, default=0.6, help="smallest crop side / shorter content edge")
+
+    def __init__(self, args, encoder):
+        self.views = RotationViews(args.crop, args.min_side)
+        self.model = RotationModel(encoder)
+        self.chance = 0.25

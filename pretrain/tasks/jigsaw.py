@@ -16,7 +16,8 @@ from torch import nn
 
 from models import JigsawHead, jigsaw_permutations, pooled_features
 
-from .views import accuracy, content, random_square, resize
+from ..registry import PretextTask, register
+from ..views import accuracy, content, random_square, resize
 
 GRID = 3
 
@@ -69,7 +70,23 @@ class JigsawModel(nn.Module):
         return (t - lo) / (hi - lo + 1e-5)
 
 
-def build(args, encoder):
-    perms = jigsaw_permutations(args.num_permutations, GRID * GRID, seed=0)
-    return JigsawViews(perms, args.tile, args.tile_fraction), JigsawModel(encoder, perms), {
-        "chance": 1.0 / len(perms), "permutations": perms.tolist()}
+@register
+class Jigsaw(PretextTask):
+    name = "jigsaw"
+    paper = "Noroozi and Favaro 2016, arXiv:1603.09246"
+    summary = "solve a shuffled 3x3 puzzle of separated tiles: predict the permutation's index"
+
+    @staticmethod
+    def add_args(g) -> None:
+        g.add_argument("--tile", type=int, default=32, help="tile side after resizing")
+        g.add_argument("--tile-fraction", type=float, default=0.8, help="tile side / grid cell side (rest is the gap)")
+        g.add_argument("--num-permutations", type=int, default=100, help="size of the permutation set")
+
+    def __init__(self, args, encoder):
+        self.permutations = jigsaw_permutations(args.num_permutations, GRID * GRID, seed=0)
+        self.views = JigsawViews(self.permutations, args.tile, args.tile_fraction)
+        self.model = JigsawModel(encoder, self.permutations)
+        self.chance = 1.0 / len(self.permutations)
+
+    def encoder_meta(self) -> dict:
+        return {"permutations": self.permutations.tolist()}

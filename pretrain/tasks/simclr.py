@@ -19,11 +19,14 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from lightly.loss import NTXentLoss
 from torch import nn
 
 from models import pooled_features, simclr_projection_head
+
+from ..registry import PretextTask, register
 
 
 @dataclass(frozen=True)
@@ -160,9 +163,22 @@ class SimCLRModel(nn.Module):
         return torch.stack([x0, x1], 1).flatten(0, 1).clamp(0, 1)
 
 
-def build(args, encoder):
-    import torch.distributed as dist
-    gather = dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
-    cfg = ViewConfig(size=tuple(args.view_size), min_scale=args.min_scale)
-    model = SimCLRModel(encoder, args.temperature, args.proj_dim, gather=gather, views=cfg)
-    return SliceAndBox(), model, {"chance": 1.0 / (2 * args.batch_size - 1)}
+@register
+class SimCLR(PretextTask):
+    name = "simclr"
+    paper = "Chen et al. 2020, arXiv:2002.05709"
+    summary = "contrast two augmented views of each slice against the batch (NT-Xent, lightly)"
+
+    @staticmethod
+    def add_args(g) -> None:
+        g.add_argument("--temperature", type=float, default=0.2, help="NT-Xent temperature")
+        g.add_argument("--proj-dim", type=int, default=128, help="projection head output size")
+        g.add_argument("--view-size", type=int, nargs=2, default=[40, 56], help="view size H W")
+        g.add_argument("--min-scale", type=float, default=0.3, help="smallest area fraction of the random resized crop")
+
+    def __init__(self, args, encoder):
+        gather = dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+        cfg = ViewConfig(size=tuple(args.view_size), min_scale=args.min_scale)
+        self.views = SliceAndBox()
+        self.model = SimCLRModel(encoder, args.temperature, args.proj_dim, gather=gather, views=cfg)
+        self.chance = 1.0 / (2 * args.batch_size - 1)

@@ -1,0 +1,36 @@
+"""Command-line options every run shares, as a parent parser for the trainers' own parsers."""
+from __future__ import annotations
+
+import argparse
+
+from .errors import ConfigError
+
+
+def runtime_parser(log_every: int = 10, ckpt_every: int = 0, workers: int = 0) -> argparse.ArgumentParser:
+    """``--out``, ``--device``, ``--amp`` and the reporting options, all of which are in
+    :data:`engine.NOT_IDENTITY` (they change no number) except ``--device`` and ``--amp``."""
+    p = argparse.ArgumentParser(add_help=False)
+    g = p.add_argument_group("run")
+    g.add_argument("--out", required=True, help="run folder (running the same command again resumes or skips it)")
+    g.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
+    g.add_argument("--amp", action="store_true", help="mixed precision (float16 + GradScaler on CUDA, bfloat16 on CPU)")
+    g = p.add_argument_group("reporting (these options change no result and are not part of the run identity)")
+    g.add_argument("--workers", type=int, default=workers,
+                   help="DataLoader workers (-1: 0 on <= 2 cores, else up to 8)")
+    g.add_argument("--log-every", type=int, default=log_every, help="log scalars every N steps")
+    g.add_argument("--ckpt-every", type=int, default=ckpt_every, help="also checkpoint every N steps (0: never)")
+    g.add_argument("--stop-at-step", type=int, default=0, help="stop after step N as if interrupted (resume later)")
+    g.add_argument("--progress-every", type=float, default=30.0,
+                   help="seconds between progress lines when not on a terminal")
+    g.add_argument("--sleep-per-step", type=float, default=0.0, help="slow the run down (tests of interruption)")
+    return p
+
+
+def check_runtime_args(args) -> None:
+    """Raise ConfigError for a runtime option out of range."""
+    for name in ("log_every",):
+        if getattr(args, name) < 1:
+            raise ConfigError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    for name in ("ckpt_every", "stop_at_step", "progress_every", "sleep_per_step"):
+        if getattr(args, name) < 0:
+            raise ConfigError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(args, name)}")

@@ -1,0 +1,223 @@
+"""The one training loop of pretraining and fine-tuning.
+
+A trainer plugs in what is its own (a :class:`Trainer`: its batches, its forward pass and loss,
+what it logs, what it does after a step); the loop owns what every run shares: the learning-rate
+schedule, mixed precision, the optimizer step, logging to JSON lines / TensorBoard / console,
+checkpoints (every ``ckpt_every`` steps, at epoch ends when asked, on a stop signal and at the
+end), resume, and stopping on SIGTERM / SIGUSR1 / SIGINT or at ``stop_at_step``.
+
+Resume is exact: the checkpoint holds model, optimizer, scaler, step and the RNG states, the
+sampler restarts mid-epoch at the same batch, and rows past the checkpoint are dropped from the
+log, so an interrupted and resumed run logs each step once and ends where an uninterrupted one
+would.
+"""
+from __future__ import annotations
+
+import math
+import signal
+import time
+from dataclasses import dataclass
+from typing import Iterable
+
+import torch
+
+from .device import capture_rng, restore_rng, to_device
+from .folder import RunFolder
+from .log import JsonlLog, Progress
+from .sampler import lr_at
+
+
+class StopSignal:
+    """Turns SIGTERM / SIGUSR1 / SIGINT (SLURM pre-emption, Ctrl-C) into a flag the loop checks between steps."""
+
+    SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT)
+
+    def __init__(self):
+        self.received: int | str | None = None
+        self.previous = {}
+        for sig in self.SIGNALS:
+            try:
+                self.previous[sig] = signal.signal(sig, self._handle)
+            except ValueError:  # not the main thread (e.g. submitit's debug executor)
+                pass
+
+    def _handle(self, signum, frame):
+        self.received = signum
+
+    def close(self) -> None:
+        """Give the signals back to whoever handled them before."""
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
+        self.previous = {}
+
+    def __bool__(self) -> bool:
+        return self.received is not None
+
+
+def autocast(device: torch.device, enabled: bool):
+    """Mixed precision when ``enabled``: float16 on CUDA, bfloat16 on CPU."""
+    return torch.autocast(device.type, dtype=torch.float16 if device.type == "cuda" else torch.bfloat16, enabled=enabled)
+
+
+def optimizer_step(loss: torch.Tensor, optimizer, scaler) -> None:
+    """Backward pass and optimizer step through the GradScaler (a no-op scaler without AMP on CUDA)."""
+    optimizer.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    scaler.step(optimizer)
+    scaler.update()
+
+
+class TrainState:
+    """What a checkpoint holds: model, optimizer, GradScaler, step, wall time so far, RNG states."""
+
+    def __init__(self, model: torch.nn.Module, optimizer, scaler, t_start: float | None = None):
+        self.model, self.optimizer, self.scaler = model, optimizer, scaler
+        self.step, self.elapsed_before = 0, 0.0
+        self.t_start = time.time() if t_start is None else t_start
+
+    def elapsed(self) -> float:
+        """Wall seconds of this run, summed over its interrupted parts."""
+        return self.elapsed_before + time.time() - self.t_start
+
+    def state_dict(self) -> dict:
+        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "scaler": self.scaler.state_dict(), "step": self.step, "elapsed_s": self.elapsed(),
+                "rng": capture_rng()}
+
+    def load(self, ckpt: dict) -> None:
+        self.model.load_state_dict(ckpt["model"])
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        self.scaler.load_state_dict(ckpt["scaler"])
+        restore_rng(ckpt["rng"])
+        self.step, self.elapsed_before = ckpt["step"], ckpt["elapsed_s"]
+
+
+class Trainer:
+    """What a trainer plugs into :func:`fit`. Override :meth:`batches` and :meth:`forward`."""
+
+    def batches(self, epoch: int, start: int) -> Iterable:
+        """The batches of epoch ``epoch`` from batch ``start`` on."""
+        raise NotImplementedError
+
+    def forward(self, batch) -> dict:
+        """Run under autocast: ``{"loss": scalar tensor, other scalars ...}``."""
+        raise NotImplementedError
+
+    def before_step(self, step: int) -> None:
+        """Called before the step that makes ``step + 1`` steps (e.g. freeze or unfreeze layers)."""
+
+    def log_row(self, step: int, out: dict) -> dict:
+        """Scalars to log after ``step`` (called on logged steps only); default: every scalar of ``out``."""
+        return {k: float(v.detach()) if torch.is_tensor(v) else float(v) for k, v in out.items()}
+
+    def evaluate(self, step: int) -> dict:
+        """Called after each step, before logging: periodic evaluation. Returns scalars to add to
+        this step's JSON-lines row (the step is then logged), or {} (the trainer writes its own
+        TensorBoard scalars for them)."""
+        return {}
+
+    def after_step(self, step: int, batch, out: dict, logged: bool, epoch_start: bool) -> None:
+        """Called after each step, after logging (e.g. previews of what the model sees)."""
+
+
+@dataclass
+class LoopSettings:
+    total: int                      # optimisation steps of the whole run
+    per_epoch: int                  # batches per epoch (per process)
+    lr: float                       # peak learning rate
+    warmup: int                     # linear warm-up steps, then cosine decay to 0
+    images_per_step: int            # images seen per step over all processes (logged as ``images``)
+    amp: bool = False               # float16 + GradScaler on CUDA, bfloat16 on CPU
+    log_every: int = 10
+    ckpt_every: int = 0             # 0: no periodic checkpoint
+    checkpoint_each_epoch: bool = False
+    log_epoch_start: bool = False   # also log the first step of every epoch
+    stop_at_step: int = 0           # act as if a stop signal came after this step (0: never)
+    progress_every: float = 30.0    # seconds between progress lines off a terminal
+    sleep_per_step: float = 0.0     # slow the run down (tests of interruption); changes no number
+    tb_prefix: str = "train/"       # TensorBoard tag prefix of the logged scalars
+    desc: str = "train"             # progress label
+
+
+def resume(run: RunFolder, state: TrainState, log_enabled: bool = True) -> JsonlLog:
+    """Load the run's checkpoint into ``state`` if there is one; return its log, trimmed to the step."""
+    ckpt = run.load_checkpoint()
+    if ckpt is not None:
+        state.load(ckpt)
+    return JsonlLog(run.path / "log.jsonl", resume_step=state.step, enabled=log_enabled)
+
+
+def fit(run: RunFolder, state: TrainState, trainer: Trainer, device: torch.device, s: LoopSettings,
+        log: JsonlLog, writer=None, main: bool = True) -> bool:
+    """Train from ``state.step`` to ``s.total``. Returns True when done, False when stopped (checkpoint saved)."""
+    model, optimizer = state.model, state.optimizer
+    channels_last = device.type == "cuda"
+    stop = StopSignal()
+    progress = Progress(s.total, state.step, s.desc, s.progress_every, enabled=main)
+
+    saved = [state.step if state.step else None]  # the step of the checkpoint on disk
+
+    def save(why: str) -> None:
+        saved[0] = state.step
+        if main:
+            run.save_checkpoint(state.state_dict())
+            if why == "stop" or not progress.tty:  # a line per checkpoint in log files, not on a terminal
+                progress.write(f"checkpoint at step {state.step}/{s.total} ({why}) -> {run.path / 'checkpoint.pt'}")
+
+    if state.step and main:
+        progress.write(f"resuming from {run.path / 'checkpoint.pt'} at step {state.step}/{s.total}")
+    t_rate, n_rate = time.perf_counter(), 0
+    try:
+        model.train()
+        while state.step < s.total and not stop:
+            epoch, start = divmod(state.step, s.per_epoch)
+            for batch in trainer.batches(epoch, start):
+                step = state.step
+                lr = lr_at(step, s.total, s.lr, s.warmup)
+                for group in optimizer.param_groups:
+                    group["lr"] = lr
+                trainer.before_step(step)
+                batch = to_device(batch, device, channels_last)
+                with autocast(device, s.amp):
+                    out = trainer.forward(batch)
+                optimizer_step(out["loss"], optimizer, state.scaler)
+                state.step = step = step + 1
+                n_rate += s.images_per_step
+                epoch_start = (step - 1) % s.per_epoch == 0
+                evaluated = trainer.evaluate(step)
+                logged = (step % s.log_every == 0 or step == s.total or (s.log_epoch_start and epoch_start)
+                          or bool(evaluated))
+                if logged:
+                    row = trainer.log_row(step, out)
+                    if not math.isfinite(row["loss"]):
+                        raise FloatingPointError(f"loss is {row['loss']} at step {step}; lower --lr")
+                    rate = n_rate / max(1e-9, time.perf_counter() - t_rate)
+                    t_rate, n_rate = time.perf_counter(), 0
+                    seen = step * s.images_per_step
+                    log.write(step=step, epoch=epoch, images=seen, **row, lr=lr, images_per_s=rate, **evaluated)
+                    if writer is not None:
+                        for k, v in {**row, "lr": lr, "images_per_s": rate}.items():
+                            writer.add_scalar(f"{s.tb_prefix}{k}", v, seen)
+                    progress.update(step, loss=row["loss"])
+                else:
+                    progress.update(step)
+                trainer.after_step(step, batch, out, logged, epoch_start)
+                if s.sleep_per_step:
+                    time.sleep(s.sleep_per_step)
+                if s.stop_at_step and step == s.stop_at_step:
+                    stop.received = "stop-at-step"
+                if s.ckpt_every and step % s.ckpt_every == 0 and step < s.total:
+                    save("periodic")
+                if stop or step >= s.total:
+                    break
+            if stop or state.step >= s.total or s.checkpoint_each_epoch:
+                save("stop" if stop else "end" if state.step >= s.total else "epoch end")
+        if saved[0] != state.step:  # e.g. a run of 0 steps
+            save("end")
+    finally:
+        progress.close()
+        stop.close()
+    if stop and main:
+        print(f"stopped ({stop.received}) at step {state.step}/{s.total}; checkpoint saved, run again to resume",
+              flush=True)
+    return not stop

@@ -1,0 +1,70 @@
+"""The pretext-task registry: each task is one module in ``pretrain/tasks/`` with one registered class.
+
+The protocol a task follows (see :class:`PretextTask`):
+
+- class attributes ``name`` (the ``--task`` value), ``paper`` (citation) and ``summary`` (one
+  line for ``--help`` and the README);
+- ``add_args(group)`` adds the task's own command-line options (their names must not clash
+  with another task's; they belong to this task's run identity only);
+- ``__init__(args, encoder)`` builds, from the parsed arguments and a fresh encoder:
+  ``self.views``: the dataset transform, ``(slice HxW float32 padded, content box
+  (top, left, h, w)) -> sample``, collated by the DataLoader into a batch;
+  ``self.model``: an ``nn.Module`` holding ``encoder`` as ``.encoder``, whose
+  ``forward(batch)`` returns ``{"loss": scalar, "accuracy": scalar}``;
+  ``self.chance``: the accuracy of guessing;
+- ``preview(batch)``: up to 18 images (N, 1, h, w) in [0, 1] of what the model sees;
+- ``encoder_meta()``: what ``encoder.pt`` must carry beside the weights (e.g. the permutations).
+
+Adding a task: write ``pretrain/tasks/NAME.py`` with a ``@register``-ed subclass, and its test.
+The CLI choices and options, the experiment config checks and the docs come from :data:`TASKS`.
+"""
+from __future__ import annotations
+
+import argparse
+
+from torch import nn
+
+TASKS: dict[str, type["PretextTask"]] = {}
+
+
+class PretextTask:
+    """Base class of a pretext task (see the module docstring for the protocol)."""
+
+    name: str = ""
+    paper: str = ""
+    summary: str = ""
+    views = None
+    model: nn.Module
+    chance: float
+
+    @staticmethod
+    def add_args(group) -> None:
+        """Add the task's own options to an argparse group."""
+
+    def preview(self, batch):
+        return self.model.preview(batch)
+
+    def encoder_meta(self) -> dict:
+        return {}
+
+
+def register(cls: type[PretextTask]) -> type[PretextTask]:
+    """Class decorator: add a task to :data:`TASKS` under ``cls.name``."""
+    if not cls.name or not cls.summary:
+        raise ValueError(f"pretext task {cls.__name__} needs a name and a summary")
+    if cls.name in TASKS and TASKS[cls.name] is not cls:
+        raise ValueError(f"two pretext tasks are called {cls.name!r}: {TASKS[cls.name].__name__} and {cls.__name__}")
+    TASKS[cls.name] = cls
+    return cls
+
+
+def task_options(name: str) -> list[str]:
+    """Argument names (dests) of task ``name``'s own options."""
+    p = argparse.ArgumentParser(add_help=False)
+    TASKS[name].add_args(p)
+    return [a.dest for a in p._actions]
+
+
+def describe_tasks() -> str:
+    """One line per registered task: name, summary, paper."""
+    return "\n".join(f"  {n:<10} {c.summary} ({c.paper})" for n, c in sorted(TASKS.items()))

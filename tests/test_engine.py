@@ -1,0 +1,213 @@
+"""engine: atomic writes, LR schedule, sampler, log trimming, run identity, one writer per run folder, the loop."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+import torch
+
+import engine
+from atomicio import atomic_path, write_json, write_text
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+# ---------------------------------------------------------------- atomic writes
+
+def test_atomic_path_replaces_only_on_success(tmp_path):
+    p = tmp_path / "sub" / "a.json"
+    write_json(p, {"b": 1, "a": [1, 2]})
+    assert p.read_text() == '{\n "a": [\n  1,\n  2\n ],\n "b": 1\n}\n'
+    with pytest.raises(RuntimeError):
+        with atomic_path(p) as tmp:
+            tmp.write_text("half")
+            raise RuntimeError("killed mid-write")
+    assert json.loads(p.read_text()) == {"a": [1, 2], "b": 1}
+    assert sorted(x.name for x in p.parent.iterdir()) == ["a.json"]  # no temporary file left
+    write_text(p, "new")
+    assert p.read_text() == "new"
+
+
+# ---------------------------------------------------------------- schedule and sampler
+
+def test_lr_schedule_warmup_then_cosine():
+    lrs = [engine.lr_at(s, 100, 1.0, 10) for s in range(101)]
+    assert lrs[:3] == pytest.approx([0.1, 0.2, 0.3]) and lrs[9] == pytest.approx(1.0)
+    assert lrs[10] == pytest.approx(1.0) and lrs[55] == pytest.approx(0.5) and lrs[100] == pytest.approx(0.0)
+    assert all(a >= b for a, b in zip(lrs[10:], lrs[11:]))  # monotone decay after warm-up
+    assert engine.lr_at(100, 100, 1.0, 10, min_ratio=0.1) == pytest.approx(0.1)
+
+
+def test_sampler_shards_are_disjoint_and_resume_mid_epoch():
+    n, bs = 103, 5
+    shards = [list(engine.ResumableSampler(n, bs, seed=3, rank=r, world=3)) for r in range(3)]
+    assert all(len(s) == (n // 3) // bs * bs for s in shards)
+    flat = [i for s in shards for i in s]
+    assert len(set(flat)) == len(flat)  # no index on two ranks
+    one = engine.ResumableSampler(n, bs, seed=3)
+    one.set_epoch(2)
+    full = list(one)
+    one.set_epoch(2, start_batch=4)
+    assert list(one) == full[4 * bs:] and len(one) == len(full) - 4 * bs
+    one.set_epoch(3)
+    assert list(one) != full  # another epoch, another order
+    again = engine.ResumableSampler(n, bs, seed=3)
+    again.set_epoch(2)
+    assert list(again) == full  # an epoch's order depends only on (seed, epoch)
+    with pytest.raises(ValueError, match="no full batch"):
+        engine.ResumableSampler(4, 5)
+
+
+def test_jsonl_log_drops_rows_past_the_resume_step(tmp_path):
+    log = engine.JsonlLog(tmp_path / "log.jsonl")
+    for s in range(1, 8):
+        log.write(step=s, loss=1.0 / s)
+    resumed = engine.JsonlLog(tmp_path / "log.jsonl", resume_step=4)
+    assert [r["step"] for r in resumed.rows()] == [1, 2, 3, 4]
+    resumed.write(step=5, loss=0.0)
+    assert [r["step"] for r in resumed.rows()] == [1, 2, 3, 4, 5]
+
+
+# ---------------------------------------------------------------- identity
+
+def test_identity_leaves_out_only_reporting_options_and_hashes_files(tmp_path):
+    split = tmp_path / "s.json"
+    split.write_text("{}")
+    args = {"lr": 0.1, "out": "x", "workers": 4, "log_every": 3, "size": (48, 64), "split": str(split), "task": "t"}
+    ident = engine.run_identity(args, files={"split": split}, leave_out={"task"})
+    assert ident == {"lr": 0.1, "size": [48, 64], "split": str(split),
+                     "split_sha256": engine.file_digest(split)}
+    split.write_text("{ }")
+    assert engine.identity_diff(ident, engine.run_identity(args, files={"split": split}, leave_out={"task"})) == [
+        f"content of --split {ident['split_sha256'][:12]}... -> {engine.file_digest(split)[:12]}..."]
+    assert engine.identity_diff({"lr": 0.1}, {"lr": 0.2, "max_cases": 1}) == ["--lr 0.1 -> 0.2", "--max-cases None -> 1"]
+
+
+def test_every_reporting_option_is_outside_the_identity():
+    reporting = [a.dest for a in engine.runtime_parser()._actions if a.dest not in ("out", "device", "amp")]
+    assert reporting and set(reporting) <= set(engine.NOT_IDENTITY)
+
+
+# ---------------------------------------------------------------- run folder: one writer, identity
+
+HOLD = textwrap.dedent("""
+    import sys, time, engine
+    f = engine.RunFolder(sys.argv[1], {"lr": 0.1}, "result.json").claim()
+    print("locked", flush=True)
+    time.sleep(600)
+""")
+
+
+def _holder(path):
+    proc = subprocess.Popen([sys.executable, "-c", HOLD, str(path)], cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "locked"  # blocks until the lock is held, however slow the machine
+    return proc
+
+
+def test_second_process_is_refused_with_the_holders_pid_and_kill_9_frees_the_folder(tmp_path):
+    run = tmp_path / "run"
+    holder = _holder(run)
+    try:
+        assert engine.lock_holder(run) == holder.pid
+        with pytest.raises(engine.RunBusy, match=f"in use by process {holder.pid}"):
+            engine.RunFolder(run, {"lr": 0.1}, "result.json").claim()
+        assert engine.RunFolder(run, {"lr": 0.1}, "result.json").state() == "running"
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()
+    assert engine.lock_holder(run) is None  # the OS dropped the lock with the process
+    with engine.RunFolder(run, {"lr": 0.1}, "result.json") as folder:
+        assert engine.lock_holder(run) == os.getpid() and folder.state() == "running"
+
+
+def test_other_identity_is_refused_before_anything_is_written(tmp_path):
+    run = tmp_path / "run"
+    with engine.RunFolder(run, {"lr": 0.1, "seed": 0}, "result.json") as folder:
+        folder.write_config(args={})
+        folder.write_result({"status": "done"})
+    before = {p.name: p.read_bytes() for p in run.iterdir()}
+    other = engine.RunFolder(run, {"lr": 0.2, "seed": 0}, "result.json")
+    assert other.state() == "other"
+    with pytest.raises(engine.RunMismatch, match=r"other settings \(--lr 0.1 -> 0.2\)"):
+        other.claim()
+    assert {p.name: p.read_bytes() for p in run.iterdir()} == before
+    assert engine.RunFolder(run, {"lr": 0.1, "seed": 0}, "result.json").state() == "done"
+
+
+# ---------------------------------------------------------------- the loop
+
+class Toy(engine.Trainer):
+    """Linear regression on fixed random data, batches through the resumable sampler."""
+
+    def __init__(self, model, per_epoch=5, bs=4, nan_at=None):
+        g = torch.Generator().manual_seed(0)
+        self.x, self.y = torch.randn(per_epoch * bs, 3, generator=g), torch.randn(per_epoch * bs, 1, generator=g)
+        self.model, self.sampler, self.bs, self.nan_at, self.step = model, engine.ResumableSampler(len(self.x), bs), bs, nan_at, 0
+        self.evaluated = []
+
+    def batches(self, epoch, start):
+        self.sampler.set_epoch(epoch, start)
+        idx = list(self.sampler)
+        return [(self.x[idx[i:i + self.bs]], self.y[idx[i:i + self.bs]]) for i in range(0, len(idx), self.bs)]
+
+    def forward(self, batch):
+        x, y = batch
+        loss = ((self.model(x) + 0.01 * torch.randn(len(x), 1) - y) ** 2).mean()  # uses the global RNG
+        self.step += 1
+        return {"loss": loss * (float("nan") if self.step == self.nan_at else 1.0)}
+
+    def evaluate(self, step):
+        if step % 7:
+            return {}
+        self.evaluated.append(step)
+        return {"val": 1.0}
+
+
+def _fit(path, total=23, stop_at_step=0, **kw):
+    torch.manual_seed(0)
+    model = torch.nn.Linear(3, 1)
+    opt = torch.optim.AdamW(model.parameters(), lr=0.1)
+    state = engine.TrainState(model, opt, torch.amp.GradScaler("cuda", enabled=False))
+    folder = engine.RunFolder(path, {"x": 1}, "r.json").claim()
+    log = engine.resume(folder, state)
+    trainer = Toy(model, **kw)
+    s = engine.LoopSettings(total=total, per_epoch=5, lr=0.1, warmup=2, images_per_step=4, log_every=3,
+                            ckpt_every=4, stop_at_step=stop_at_step)
+    try:
+        done = engine.fit(folder, state, trainer, torch.device("cpu"), s, log)
+    finally:
+        folder.release()
+    return done, state, log, trainer
+
+
+def test_fit_interrupted_and_resumed_equals_uninterrupted(tmp_path):
+    done, ref, ref_log, trainer = _fit(tmp_path / "a")
+    assert done and ref.step == 23 and trainer.evaluated == [7, 14, 21]
+    assert [r["step"] for r in ref_log.rows()] == [3, 6, 7, 9, 12, 14, 15, 18, 21, 23]
+    assert all("val" in r for r in ref_log.rows() if r["step"] in (7, 14, 21))
+    done, part, _, _ = _fit(tmp_path / "b", stop_at_step=11)
+    assert not done and part.step == 11
+    assert torch.load(tmp_path / "b" / "checkpoint.pt", weights_only=False)["step"] == 11
+    done, resumed, log, _ = _fit(tmp_path / "b")
+    assert done and resumed.step == 23
+    assert [r["step"] for r in log.rows()] == [r["step"] for r in ref_log.rows()]  # each step logged once
+    for k, v in ref.model.state_dict().items():
+        assert torch.equal(resumed.model.state_dict()[k], v), k  # bit-identical to the uninterrupted run
+
+
+def test_fit_stops_on_a_nan_loss(tmp_path):
+    with pytest.raises(FloatingPointError, match="loss is nan at step 6"):
+        _fit(tmp_path / "n", nan_at=6)
+
+
+def test_progress_off_a_terminal_prints_step_rate_and_time_left(capsys):
+    p = engine.Progress(10, desc="train", every_s=0)
+    p.tty = False
+    p.update(5, loss=0.25)
+    p.close()
+    line = capsys.readouterr().out.strip()
+    assert line.startswith("train: step 5/10, loss 0.25, ") and "steps/s" in line and "left" in line
