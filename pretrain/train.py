@@ -105,16 +105,20 @@ class PretextTrainer(engine.Trainer):
 
     def batches(self, epoch, start):
         self.sampler.set_epoch(epoch, start)
+        # its own generator: starting a pass must not draw from the global RNG the views use, or a
+        # resumed run (which starts a pass mid-epoch) would see other views than an uninterrupted one
         return DataLoader(self.dataset, batch_size=self.args.batch_size, sampler=self.sampler, num_workers=self.workers,
-                          worker_init_fn=engine.worker_init, pin_memory=self.cuda, drop_last=True)
+                          worker_init_fn=engine.worker_init, pin_memory=self.cuda, drop_last=True,
+                          generator=torch.Generator().manual_seed(self.args.seed * 1000 + epoch))
 
     def forward(self, batch):
         return self.net(batch)
 
     def after_step(self, step, batch, out, logged, epoch_start):
         if self.writer is not None and logged and epoch_start:
-            self.writer.add_images(f"pretrain/{self.args.task}/views", self.task.preview(batch).float().cpu(),
-                                   step * self.images_per_step)
+            with torch.random.fork_rng(devices=[]):  # a preview must not change the training's random stream
+                views = self.task.preview(batch).float().cpu()
+            self.writer.add_images(f"pretrain/{self.args.task}/views", views, step * self.images_per_step)
 
 
 def run(args) -> dict:
