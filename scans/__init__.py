@@ -1,15 +1,16 @@
-"""Reading scans, normalising, slicing, patient-level splits, augmentations and datasets."""
+"""Reading scans, normalising, slicing, subject-level splits, augmentations and datasets."""
 from .datasets import LabelledSlices, SliceStack, UnlabelledSlices
 from .discover import Case, find_cases
 from .errors import ScanError
 from .io import Volume, read_dicom_series, read_image2d, read_nifti, read_npy, read_volume
 from .preprocess import Normalization, normalize, pad_or_crop, slice_volume
+from .protocol import PROTOCOL, Protocol, consecutive_pairs, load_groups, load_protocol, subject_map
 from .splits import check_fraction, load_splits, make_splits, select_cases
 from .volumes import LoadedCase, check_label, clear_cache, load_case, load_cases
 
 __all__ = [
-    "Case", "LabelledSlices", "LoadedCase", "Normalization", "ScanError", "SliceStack", "UnlabelledSlices",
-    "Volume", "check_fraction", "check_label", "clear_cache", "find_cases", "load_case", "load_cases",
-    "load_splits", "make_splits", "normalize", "pad_or_crop", "read_dicom_series", "read_image2d",
-    "read_nifti", "read_npy", "read_volume", "select_cases", "slice_volume",
+    "Case", "LabelledSlices", "LoadedCase", "Normalization", "PROTOCOL", "Protocol", "ScanError", "SliceStack", "UnlabelledSlices",
+    "Volume", "check_fraction", "check_label", "clear_cache", "consecutive_pairs", "find_cases", "load_case", "load_cases",
+    "load_groups", "load_protocol", "load_splits", "make_splits", "normalize", "pad_or_crop", "read_dicom_series", "read_image2d",
+    "read_nifti", "read_npy", "read_volume", "select_cases", "slice_volume", "subject_map",
 ]

@@ -9,19 +9,26 @@ import albumentations as A  # noqa: E402
 import cv2  # noqa: E402
 
 
-def segmentation_augment(level: str = "default") -> A.Compose | None:
-    """Flips, small rotation/scale, elastic and grid distortion, gamma, brightness/contrast.
+FLIPS = {0: A.VerticalFlip, 1: A.HorizontalFlip}  # slice axis 0 (rows) / 1 (columns)
 
-    Settings stay within what keeps anatomy plausible. Gamma comes before anything that
-    could make intensities negative (RandomGamma on negative values gives NaN).
-    ``level``: ``none`` (no augmentation), ``light`` (flip + affine) or ``default``.
+
+def segmentation_augment(level: str = "default", flip_axes=()) -> A.Compose | None:
+    """Label-safe flips, small rotation/scale, elastic and grid distortion, gamma, brightness/contrast.
+
+    Settings stay within what keeps anatomy plausible. ``flip_axes`` are the 2D slice axes
+    (0: rows, 1: columns) that may be flipped, each with probability 0.5; no other axis is ever
+    mirrored (a flip along an axis whose direction defines a class would change what the label
+    means: see scans.protocol). Gamma comes before anything that could make intensities negative
+    (RandomGamma on negative values gives NaN).
+    ``level``: ``none`` (no augmentation), ``light`` (flips + affine) or ``default``.
     """
     if level == "none":
         return None
     if level not in ("light", "default"):
         raise ValueError(f"augmentation level must be none, light or default, got {level!r}")
-    ops = [
-        A.HorizontalFlip(p=0.5),
+    if any(a not in FLIPS for a in flip_axes):
+        raise ValueError(f"flip axes are slice axes 0 and 1, got {list(flip_axes)}")
+    ops = [FLIPS[a](p=0.5) for a in sorted(set(flip_axes))] + [
         A.Affine(rotate=(-15, 15), scale=(0.9, 1.1), translate_percent=(-0.05, 0.05),
                  border_mode=cv2.BORDER_CONSTANT, fill=0, fill_mask=0, p=0.7),
     ]

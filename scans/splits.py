@@ -1,14 +1,16 @@
-"""Patient-level splits: a fixed test set, and nested label fractions of the training pool.
+"""Subject-level splits: a fixed test set, and nested label fractions of the training pool.
 
 The split file is JSON with the case ids, written next to the results so anyone can rerun the
 same split::
 
     {"dataset": ..., "test_fraction": 0.2, "split_seed": 0,
-     "test": [ids], "train_pool": [ids],
-     "label_fractions": {"<seed>": {"0.01": [ids], "0.1": [ids], "1.0": [ids]}}}
+     "test": [ids], "train_pool": [ids], "groups": {case: subject}, "subjects": N,
+     "label_fractions": {"<label seed>": {"0.01": [ids], "0.1": [ids], "1.0": [ids]}}}
 
-For one seed, the 1% cases are inside the 10% cases, which are inside 100% (a prefix of one
-seeded permutation of the pool), and every fraction has at least one case.
+The test set is whole subjects: subjects are drawn in a seeded order until the test set holds
+``round(test_fraction * cases)`` volumes, so no subject has volumes on both sides. For one
+label seed, the 1% cases are inside the 10% cases, which are inside 100% (a prefix of one
+seeded permutation of the pool's volumes), and every fraction has at least one case.
 """
 from __future__ import annotations
 
@@ -19,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import ScanError
+from .protocol import subject_map
 
 
 def check_fraction(f: float) -> float:
@@ -33,8 +36,12 @@ def fraction_key(f: float) -> str:
 
 
 def make_splits(case_ids: list[str], test_fraction: float = 0.2, seed: int = 0,
-                fractions=(0.01, 0.1, 1.0), seeds=(0,), dataset: str = "") -> dict:
-    """Build the split dictionary (see module docstring). Deterministic for the same inputs."""
+                fractions=(0.01, 0.1, 1.0), seeds=(0,), dataset: str = "", groups: dict | None = None) -> dict:
+    """Build the split dictionary (see module docstring). Deterministic for the same inputs.
+
+    ``groups`` maps case -> subject (a case not in it is its own subject); ``seeds`` are the
+    label seeds, one nested set of fractions each.
+    """
     ids = sorted(set(case_ids))
     if len(ids) != len(case_ids):
         raise ValueError("case ids are not unique")
@@ -47,16 +54,25 @@ def make_splits(case_ids: list[str], test_fraction: float = 0.2, seed: int = 0,
     if n_test < 1 or n_test >= len(ids):
         raise ValueError(f"test fraction {test_fraction} of {len(ids)} cases leaves {n_test} test and "
                          f"{len(ids) - n_test} training cases; need at least one of each")
-    order = np.random.default_rng(seed).permutation(len(ids))
-    test = sorted(ids[i] for i in order[:n_test])
-    pool = sorted(ids[i] for i in order[n_test:])
+    subject_of = subject_map(ids, groups)
+    subjects = sorted(set(subject_of.values()))
+    members = {s: [c for c in ids if subject_of[c] == s] for s in subjects}
+    test = []
+    for i in np.random.default_rng(seed).permutation(len(subjects)):
+        if len(test) >= n_test:
+            break
+        test += members[subjects[i]]
+    if len(test) >= len(ids):
+        raise ValueError(f"test fraction {test_fraction} of {len(subjects)} subjects leaves no training subject")
+    test = sorted(test)
+    pool = sorted(set(ids) - set(test))
     per_seed = {}
     for s in seeds:
         perm = [pool[i] for i in np.random.default_rng([int(seed), int(s)]).permutation(len(pool))]
         per_seed[str(int(s))] = {fraction_key(f): sorted(perm[: max(1, int(round(f * len(pool))))]) for f in fractions}
     return {"dataset": dataset, "num_cases": len(ids), "test_fraction": float(test_fraction), "split_seed": int(seed),
             "fractions": fractions, "seeds": [int(s) for s in seeds], "test": test, "train_pool": pool,
-            "label_fractions": per_seed}
+            "groups": subject_of, "subjects": len(subjects), "label_fractions": per_seed}
 
 
 def load_splits(path: str | os.PathLike) -> dict:

@@ -9,6 +9,7 @@ from tqdm import tqdm
 from .discover import find_cases
 from .errors import ScanError
 from .io import read_volume
+from .protocol import load_protocol, subject_map
 from .volumes import check_label
 
 
@@ -43,12 +44,17 @@ def summarize(data_dir, progress: bool = True) -> dict:
         notes.append(f"label values {values} are not consecutive from 0")
     if len(dtypes) > 1:
         notes.append(f"mixed image dtypes {dict(dtypes)}")
+    protocol = load_protocol(data_dir)
+    subjects = set(subject_map([c.case_id for c in cases], protocol.subjects).values())
     shapes_a, spacings_a, pcts_a = np.array(shapes), np.array(spacings), np.array(pcts)
     total = sum(label_counts.values())
     return {
         "data_dir": str(data_dir),
         "cases": len(cases),
         "labelled": labelled,
+        "subjects": len(subjects),
+        "subjects_source": protocol.path if protocol.subjects else None,
+        "flip_axes": list(protocol.flip_axes),
         "shape_min": shapes_a.min(0).tolist(),
         "shape_max": shapes_a.max(0).tolist(),
         "spacing_min": spacings_a.min(0).round(4).tolist(),
@@ -67,6 +73,9 @@ def format_summary(s: dict) -> str:
     lines = [
         f"dataset        {s['data_dir']}",
         f"cases          {s['cases']} ({s['labelled']} labelled)",
+        f"subjects       {s['subjects']} " + (f"(from {s['subjects_source']})" if s["subjects_source"]
+                                              else "(no protocol.json: each case counted as its own subject)"),
+        f"flip axes      {s['flip_axes'] or 'none'} (volume axes augmentation may flip)",
         f"shape          {' x '.join(map(str, s['shape_min']))}  to  {' x '.join(map(str, s['shape_max']))}",
         f"spacing (mm)   {s['spacing_min']}  to  {s['spacing_max']}",
         f"image dtypes   {s['image_dtypes']}",

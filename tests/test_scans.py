@@ -333,3 +333,69 @@ def test_cli_bad_input_one_line_and_no_output(tmp_path, data_dir, capsys):
     assert "label fraction must be in (0, 1], got 1.5" in capsys.readouterr().err
     assert not out.exists()
     assert scans_main(["summary", str(tmp_path / "missing")]) == 2
+
+
+# ---------------------------------------------------------------- subjects and the dataset protocol
+
+def test_split_keeps_every_subject_on_one_side():
+    ids = [f"case_{i:03d}" for i in range(1, 101)]
+    groups = scans.consecutive_pairs(ids)  # 50 subjects of 2 volumes
+    s = scans.make_splits(ids, 0.2, 0, (0.1, 1.0), (0, 1), groups=groups)
+    test_subjects = {groups[c] for c in s["test"]}
+    assert not test_subjects & {groups[c] for c in s["train_pool"]}
+    assert len(s["test"]) == 20 and s["subjects"] == 50 and s["groups"] == groups
+    assert s == scans.make_splits(ids, 0.2, 0, (0.1, 1.0), (0, 1), groups=groups)  # deterministic
+    plain = scans.make_splits(ids, 0.2, 0, (0.1, 1.0), (0, 1))
+    assert plain["subjects"] == 100 and plain["groups"] == {c: c for c in ids}
+
+
+def test_consecutive_pairs_rule():
+    m = scans.consecutive_pairs(["hippocampus_041", "hippocampus_042", "hippocampus_043", "hippocampus_046"])
+    assert m == {"hippocampus_041": "subject_021", "hippocampus_042": "subject_021",
+                 "hippocampus_043": "subject_022", "hippocampus_046": "subject_023"}
+
+
+def test_embedded_protocol_is_the_written_rule_and_the_data_support_it(data_dir):
+    """protocol.json's subjects are exactly scans.consecutive_pairs, and the volumes of a pair share their
+    acquisition fingerprint far more often than volumes of different subjects or of shifted pairs."""
+    from scans.protocol import intensity_fingerprint, pairing_evidence
+    protocol = scans.load_protocol(data_dir)
+    ids = [c.case_id for c in scans.find_cases(data_dir)]
+    assert protocol.subjects == scans.consecutive_pairs(ids) and protocol.flip_axes == (0,)
+    assert len(set(protocol.subjects.values())) == 170
+    prints = {c: intensity_fingerprint(scans.read_volume(data_dir / "imagesTr" / f"{c}.nii.gz").array) for c in ids}
+    number = {c: int(c[-3:]) for c in ids}
+    pairs = [(a, b) for a in ids for b in ids if number[b] == number[a] + 1 and number[a] % 2 == 1]
+    shifted = [(a, b) for a in ids for b in ids if number[b] == number[a] + 1 and number[a] % 2 == 0]
+    others = [(a, b) for i, a in enumerate(ids) for b in ids[i + 1:: 7] if protocol.subjects[a] != protocol.subjects[b]]
+    same, shift, other = (pairing_evidence(prints, p) for p in (pairs, shifted, others))
+    assert same["pairs"] == 90 and same["same_step"] > 0.8 and same["same_dtype"] == 1.0
+    assert shift["same_step"] < 0.2 and other["same_step"] < 0.1
+    assert same["median_p99_rel_diff"] < 0.05 < other["median_p99_rel_diff"]
+
+
+def test_cli_split_records_subjects_and_takes_a_groups_file(data_dir, tmp_path, capsys):
+    out = tmp_path / "s.json"
+    assert scans_main(["split", str(data_dir), "--out", str(out)]) == 0
+    assert "(170 subjects, none on both sides)" in capsys.readouterr().out
+    s = json.loads(out.read_text())
+    assert not {s["groups"][c] for c in s["test"]} & {s["groups"][c] for c in s["train_pool"]}
+    groups = tmp_path / "g.json"
+    groups.write_text(json.dumps({c: "one" if i < 130 else c for i, c in enumerate(sorted(s["groups"]))}))
+    assert scans_main(["split", str(data_dir), "--groups", str(groups), "--out", str(out)]) == 0
+    s, big = json.loads(out.read_text()), set(sorted(s["groups"])[:130])
+    assert s["subjects"] == 131 and (big <= set(s["test"]) or not big & set(s["test"]))
+    for bad, why in (("[1, 2]", "expected a JSON object, got list"), ('{"a": [1]}', "a subject map is a JSON object")):
+        groups.write_text(bad)
+        assert scans_main(["split", str(data_dir), "--groups", str(groups), "--out", str(out)]) == 2
+        assert f"g.json: {why}" in capsys.readouterr().err
+
+
+def test_protocol_errors_name_the_file(tmp_path):
+    (tmp_path / "protocol.json").write_text('{"flip_axes": [3]}')
+    with pytest.raises(scans.ScanError, match="protocol.json: flip_axes must be a list of volume axes"):
+        scans.load_protocol(tmp_path)
+    (tmp_path / "protocol.json").write_text('{"subject": {}}')
+    with pytest.raises(scans.ScanError, match=r"protocol.json: unknown keys \['subject'\]"):
+        scans.load_protocol(tmp_path)
+    assert scans.load_protocol(tmp_path / "nowhere") == scans.Protocol()
