@@ -55,9 +55,11 @@ def run_identity(args: dict, files: dict[str, str | None] = (), leave_out=()) ->
 def identity_diff(old: dict, new: dict) -> list[str]:
     """``["--lr 0.002 -> 0.1", "content of --split a1b2... -> c3d4...", ...]`` for every key whose
     value differs (a missing key reads as None)."""
-    def name(k):
-        flag = "--" + k.removesuffix("_sha256").replace("_", "-")
-        return f"content of {flag}" if k.endswith("_sha256") else flag
+    def name(k):  # "lr" -> --lr; "split_sha256" -> content of --split; "split__train_pool_sha256" -> train pool of --split
+        if not k.endswith("_sha256"):
+            return "--" + k.replace("_", "-")
+        arg, _, what = k.removesuffix("_sha256").partition("__")
+        return f"{what.replace('_', ' ') or 'content'} of --{arg.replace('_', '-')}"
 
     def show(v):
         return f"{v[:12]}..." if isinstance(v, str) and len(v) == 64 else repr(v)

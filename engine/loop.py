@@ -128,6 +128,7 @@ class LoopSettings:
     warmup: int                     # linear warm-up steps, then cosine decay to 0
     images_per_step: int            # images seen per step over all processes (logged as ``images``)
     amp: bool = False               # float16 + GradScaler on CUDA, bfloat16 on CPU
+    channels_last: bool = True      # 4D batches in channels_last (the model must be too): faster convolutions
     log_every: int = 10
     ckpt_every: int = 0             # 0: no periodic checkpoint
     checkpoint_each_epoch: bool = False
@@ -151,7 +152,6 @@ def fit(run: RunFolder, state: TrainState, trainer: Trainer, device: torch.devic
         log: JsonlLog, writer=None, main: bool = True) -> bool:
     """Train from ``state.step`` to ``s.total``. Returns True when done, False when stopped (checkpoint saved)."""
     model, optimizer = state.model, state.optimizer
-    channels_last = device.type == "cuda"
     stop = StopSignal()
     progress = Progress(s.total, state.step, s.desc, s.progress_every, enabled=main)
 
@@ -177,7 +177,7 @@ def fit(run: RunFolder, state: TrainState, trainer: Trainer, device: torch.devic
                 for group in optimizer.param_groups:
                     group["lr"] = lr
                 trainer.before_step(step)
-                batch = to_device(batch, device, channels_last)
+                batch = to_device(batch, device, s.channels_last)
                 with autocast(device, s.amp):
                     out = trainer.forward(batch)
                 optimizer_step(out["loss"], optimizer, state.scaler)

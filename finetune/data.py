@@ -38,15 +38,16 @@ def read_class_names(data_dir) -> dict[str, str] | None:
     return {str(k): str(v) for k, v in labels.items()} if isinstance(labels, dict) else None
 
 
-def select(data_dir, split_file, fraction: float, seed: int, val_cases: int = 0, max_test_cases: int = 0):
+def select(data_dir, split_file, fraction: float, label_seed: int, val_cases: int = 0, max_test_cases: int = 0):
     """Return ``(train, val, test)`` lists of ``scans.Case`` for one run.
 
+    ``label_seed`` picks the fraction's labelled volumes from the split file.
     ``val_cases`` > 0 holds that many cases (a seeded draw) out of the fraction's cases for
     validation, when the fraction has at least 5 cases and keeps at least one for training;
     otherwise no validation. ``max_test_cases`` > 0 keeps the first N test cases (tests only).
     """
     splits = scans.load_splits(split_file)
-    train_ids = scans.select_cases(splits, fraction, seed)
+    train_ids = scans.select_cases(splits, fraction, label_seed)
     test_ids = sorted(splits["test"])
     leak = sorted(set(train_ids) & set(test_ids))
     if leak:
@@ -62,7 +63,7 @@ def select(data_dir, split_file, fraction: float, seed: int, val_cases: int = 0,
         raise ValueError(f"--val-cases must be >= 0, got {val_cases}")
     val_ids = []
     if val_cases and len(train_ids) >= 5 and len(train_ids) > val_cases:
-        order = np.random.default_rng([int(seed), 7919]).permutation(sorted(train_ids))
+        order = np.random.default_rng([int(label_seed), 7919]).permutation(sorted(train_ids))
         val_ids = sorted(order[:val_cases].tolist())
         train_ids = [c for c in train_ids if c not in set(val_ids)]
     if max_test_cases > 0:

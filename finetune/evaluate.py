@@ -31,35 +31,33 @@ def centre_pad(x: torch.Tensor, size) -> tuple[torch.Tensor, tuple[int, int]]:
 
 
 @torch.no_grad()
-def predict_volume(model, image: np.ndarray, axis: int = 2, device="cpu", tta: bool = False,
+def predict_volume(model, image: np.ndarray, axis: int = 2, device="cpu", tta=(),
                    amp: bool = False, size=(48, 64), batch_size: int = 64) -> np.ndarray:
     """Softmax probabilities (C, X, Y, Z) of a volume (X, Y, Z) predicted slice by slice along ``axis``.
 
     Slices are centre-padded to at least ``size`` (the training size) and cropped back.
-    ``tta`` averages the probabilities with those of the horizontally flipped slices (the flip
-    used in training). The model must be in eval mode.
+    ``tta``: slice axes (0, 1) whose flips are averaged in (only label-safe ones: the flips
+    training used); empty for none. The model must be in eval mode.
     """
     device = torch.device(device)
-    cuda = device.type == "cuda"
     slices = torch.from_numpy(np.ascontiguousarray(np.moveaxis(image, axis, 0), dtype=np.float32))[:, None]
     h, w = slices.shape[-2:]
     slices, (top, left) = centre_pad(slices, size)
     out = []
     for x in slices.split(batch_size):
-        x = x.to(device)
-        if cuda:
-            x = x.contiguous(memory_format=torch.channels_last)
+        x = x.to(device).contiguous(memory_format=torch.channels_last)
         with engine.autocast(device, amp):
             p = model(x).float().softmax(1)
-            if tta:
-                p = 0.5 * (p + model(x.flip(-1)).float().softmax(1).flip(-1))
+            for dim in (-2 + a for a in tta):
+                p = p + model(x.flip(dim)).float().softmax(1).flip(dim)
+            p = p / (1 + len(tta))
         out.append(p[..., top : top + h, left : left + w].cpu())
     probs = torch.cat(out).permute(1, 0, 2, 3).numpy()  # (C, slices, h, w)
     return np.moveaxis(probs, 1, axis + 1)
 
 
 def evaluate_cases(model, loaded: list[scans.LoadedCase], num_classes: int, axis: int = 2, device="cpu",
-                   tta: bool = False, amp: bool = False, size=(48, 64), progress: bool = False) -> tuple[list[dict], dict]:
+                   tta=(), amp: bool = False, size=(48, 64), progress: bool = False) -> tuple[list[dict], dict]:
     """Per-case Dice/HD95 (``metrics.case_metrics`` plus ``case_id``) and their ``metrics.summarize``.
 
     Puts the model in eval mode and restores its previous mode.

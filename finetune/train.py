@@ -2,7 +2,7 @@
 
     python -m scans split data/msd_hippocampus --test-fraction 0.2 --seed 0 \
         --fractions 0.01 0.1 1.0 --seeds 0 1 2 --out splits.json
-    python -m finetune --arch unet --encoder unet_tiny --init random --fraction 1.0 --seed 0 \
+    python -m finetune --arch unet --encoder unet_tiny --init random --fraction 1.0 --label-seed 0 --seed 0 \
         --data data/msd_hippocampus --split splits.json --out runs/ft/unet_random_100_s0
     python -m finetune --arch transunet --init runs/pretrain/rotation/encoder.pt --fraction 0.1 \
         --seed 0 --split splits.json --out runs/ft/transunet_rotation_10_s0
@@ -56,7 +56,9 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     p.add_argument("--imagenet-weights", default=None, metavar="FILE",
                    help="local timm weights file (state_dict of timm.create_model(ENCODER)) for --init imagenet")
     p.add_argument("--fraction", type=float, required=True, help="label fraction; must be in the split file")
-    p.add_argument("--seed", type=int, default=0, help="label-fraction seed of the split file and training seed")
+    p.add_argument("--label-seed", type=int, default=0,
+                   help="label seed: which labelled volumes of the split file make up the fraction")
+    p.add_argument("--seed", type=int, default=0, help="training seed: weights of the new layers, data order, augmentation")
     p.add_argument("--data", default="data/msd_hippocampus", help="dataset folder (MSD layout, labelled)")
     p.add_argument("--split", required=True, help="split JSON from `python -m scans split`")
     g = p.add_argument_group("optimisation")
@@ -72,6 +74,9 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
                    help="one weight per class (background first) for the CE / focal term")
     g.add_argument("--focal-gamma", type=float, default=2.0)
     g.add_argument("--aug", choices=("default", "light", "none"), default="default", help="augmentation level")
+    g.add_argument("--flip-axes", nargs="+", default=["auto"], metavar="AXIS",
+                   help="volume axes that augmentation and --tta may flip: auto (the dataset's protocol.json; "
+                        "none without one), none, or axes 0 1 2; never an axis whose direction defines a class")
     g.add_argument("--aug-prob", type=float, default=0.5, help="fraction of the samples that are augmented (the rest as they are)")
     g.add_argument("--fg-repeat", type=int, default=1, help="list slices with foreground N times per epoch (1: uniform)")
     g = p.add_argument_group("data and evaluation")
@@ -81,7 +86,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     g.add_argument("--val-cases", type=int, default=0,
                    help="hold N of the fraction's cases out for validation Dice (only when it has >= 5 cases)")
     g.add_argument("--eval-every", type=int, default=200, help="validation every N steps (with --val-cases)")
-    g.add_argument("--tta", action="store_true", help="flip test-time augmentation")
+    g.add_argument("--tta", action="store_true", help="test-time augmentation: average in the flips of --flip-axes")
     g.add_argument("--max-test-cases", type=int, default=0, help="evaluate on the first N test cases only (tests)")
     return p
 
@@ -92,7 +97,29 @@ def run_identity(args) -> dict:
     ident = engine.run_identity(vars(args), files={"split": args.split, "init": init_file,
                                                    "imagenet_weights": args.imagenet_weights})
     ident["device"] = args.device.split(":")[0]  # cuda:0 and cuda:1 give the same numbers
+    ident["flip_axes"] = list(resolve_flip_axes(args))  # "auto" as the dataset's protocol resolves it
     return ident
+
+
+def resolve_flip_axes(args) -> tuple[int, ...]:
+    """Volume axes that may be flipped: ``--flip-axes`` or, for ``auto``, the dataset's protocol.json."""
+    if args.flip_axes == ["auto"]:
+        return scans.load_protocol(args.data).flip_axes if Path(args.data).is_dir() else ()
+    if args.flip_axes == ["none"]:
+        return ()
+    try:
+        axes = tuple(sorted({int(a) for a in args.flip_axes}))
+    except ValueError:
+        raise engine.ConfigError(f"--flip-axes takes auto, none or volume axes 0 1 2, got {' '.join(args.flip_axes)}") from None
+    if any(a not in (0, 1, 2) for a in axes):
+        raise engine.ConfigError(f"--flip-axes takes auto, none or volume axes 0 1 2, got {' '.join(args.flip_axes)}")
+    return axes
+
+
+def slice_flip_axes(args) -> tuple[int, ...]:
+    """The allowed volume flip axes as axes of the 2D slices cut along ``--axis`` (the slice axis itself drops out)."""
+    in_plane = [a for a in (0, 1, 2) if a != args.axis]
+    return tuple(in_plane.index(a) for a in resolve_flip_axes(args) if a in in_plane)
 
 
 def check_args(args) -> None:
@@ -223,8 +250,9 @@ def train(args, folder: engine.RunFolder, t_start: float) -> dict:
     tty = engine.on_terminal()
     device = engine.resolve_device(args.device)
     cuda = device.type == "cuda"
-    train_cases, val_cases, test_cases = data.select(args.data, args.split, args.fraction, args.seed,
+    train_cases, val_cases, test_cases = data.select(args.data, args.split, args.fraction, args.label_seed,
                                                      args.val_cases, args.max_test_cases)
+    flips = slice_flip_axes(args)
     loaded = scans.load_cases(train_cases + val_cases, progress=tty)
     train_loaded, val_loaded = loaded[: len(train_cases)], loaded[len(train_cases):]
     class_names = data.read_class_names(args.data)
@@ -232,7 +260,7 @@ def train(args, folder: engine.RunFolder, t_start: float) -> dict:
     loss_fn = SegmentationLoss(args.loss, num_classes, args.class_weights, args.focal_gamma)
     engine.seed_everything(args.seed)
     model, init_info = build_model(args, num_classes)
-    dataset = data.TrainSlices(train_loaded, tuple(args.size), args.axis, segmentation_augment(args.aug),
+    dataset = data.TrainSlices(train_loaded, tuple(args.size), args.axis, segmentation_augment(args.aug, flips),
                                args.fg_repeat, args.seed, min_len=args.batch_size, aug_prob=args.aug_prob)
     sampler = engine.ResumableSampler(len(dataset), args.batch_size, args.seed)
     total = args.steps
@@ -242,9 +270,7 @@ def train(args, folder: engine.RunFolder, t_start: float) -> dict:
     print(f"train {len(train_cases)} cases ({dataset.num_slices} slices, {dataset.num_foreground} with foreground), "
           f"val {len(val_cases)}, test {len(test_cases)}; {num_classes} classes; "
           f"{models.count_parameters(model) / 1e6:.2f} M params; {total} steps of {args.batch_size}", flush=True)
-    model.to(device)
-    if cuda:
-        model.to(memory_format=torch.channels_last)
+    model.to(device).to(memory_format=torch.channels_last)  # CPU too: U-Net +11%, TransUNet +32% images/s here
     loss_fn.to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
     scaler = torch.amp.GradScaler("cuda", enabled=args.amp and cuda)
@@ -272,8 +298,8 @@ def train(args, folder: engine.RunFolder, t_start: float) -> dict:
 
         t_eval = time.time()
         test_loaded = scans.load_cases(test_cases, progress=tty)
-        per_case, summary = evaluate_cases(model, test_loaded, num_classes, args.axis, device, args.tta, args.amp,
-                                           args.size, progress=tty)
+        per_case, summary = evaluate_cases(model, test_loaded, num_classes, args.axis, device,
+                                           flips if args.tta else (), args.amp, args.size, progress=tty)
         eval_time = time.time() - t_eval
         panel = overlay_panel(model, test_loaded, panel_slices(test_loaded, args.axis), args.axis, args.size, device)
         seen = total * args.batch_size
@@ -282,7 +308,7 @@ def train(args, folder: engine.RunFolder, t_start: float) -> dict:
             writer.add_scalar(f"test/dice_class{k}", v, seen)
         writer.add_scalar("test/mean_dice", summary["mean_dice"], seen)
         hparams = {"arch": args.arch, "encoder": init_info["encoder"], "init": init_info["init"] if init_info["init"] != "checkpoint"
-                   else f"{init_info['pretext']}:{args.init}", "fraction": args.fraction, "seed": args.seed}
+                   else f"{init_info['pretext']}:{args.init}", "fraction": args.fraction, "label_seed": args.label_seed, "seed": args.seed}
         writer.add_hparams(hparams, {"hparam/test_mean_dice": summary["mean_dice"],
                                      "hparam/test_mean_hd95": summary["mean_hd95"]}, run_name=".")
     finally:
@@ -294,7 +320,8 @@ def train(args, folder: engine.RunFolder, t_start: float) -> dict:
                "val_cases": [c.case_id for c in val_cases], "test_cases": [c.case_id for c in test_cases],
                "val_dice": trainer.val_dice, "final_train_loss": trainer.final_loss(),
                "arch": args.arch, "encoder": init_info["encoder"], "init": init_info, "fraction": args.fraction,
-               "seed": args.seed, "steps": total, "params": models.count_parameters(model),
+               "label_seed": args.label_seed, "seed": args.seed, "flip_axes": list(resolve_flip_axes(args)),
+               "steps": total, "params": models.count_parameters(model),
                "identity": folder.identity, "args": vars(args), "commit": provenance["commit"],
                "dirty": provenance["dirty"], "argv": provenance["argv"], "machine": provenance["machine"],
                "device": str(device), "train_time_s": round(train_time, 2), "eval_time_s": round(eval_time, 2),

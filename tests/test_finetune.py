@@ -273,3 +273,47 @@ def test_bad_input_exits_2(tiny, tmp_path, capsys, change, expect):
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and expect in err
     assert not (out / "metrics.json").exists()
+
+
+# ------------------------------------------------------------------ label-safe augmentation
+
+def _ap_offsets(data_dir, flip_axes):
+    """(raw, augmented) head-minus-body centroid offsets (axis-1, axis-0) of augmented training slices."""
+    from finetune.data import TrainSlices
+    from finetune.train import slice_flip_axes
+    from scans.augment import segmentation_augment
+    args = get_args_parser().parse_args(["--arch", "unet", "--fraction", "1", "--split", "x", "--out", "x",
+                                         "--data", str(data_dir), "--flip-axes", *flip_axes])
+    loaded = scans.load_cases(scans.find_cases(data_dir)[:12])
+    ds = TrainSlices(loaded, (48, 64), 2, segmentation_augment("default", slice_flip_axes(args)), aug_prob=1.0)
+    raw, aug = [], []
+
+    def offset(mask):
+        a, b = np.argwhere(mask == 1), np.argwhere(mask == 2)
+        if len(a) < 20 or len(b) < 20:
+            return None
+        d = a.mean(0) - b.mean(0)
+        return d[1], d[0]
+    for epoch in range(4):
+        for pos in range(len(ds)):
+            before = offset(ds.slices.stack.labels[ds.table[pos]])
+            if before is None or abs(before[0]) < 3 or abs(before[0]) < abs(before[1]):
+                continue  # only slices whose head and body are clearly apart along the A-P axis
+            after = offset(ds[(epoch, pos)][1].numpy())
+            if after is not None:
+                raw.append(before[0])
+                aug.append(after[0])
+    return np.array(raw), np.array(aug)
+
+
+def test_augmentation_keeps_the_head_anterior_to_the_body(data_dir):
+    """Volume axis 1 is anterior-posterior and defines the classes (head: class 1, body: class 2).
+    With the dataset's flips (protocol.json: axis 0 only) no augmented sample reverses their order;
+    allowing a flip along axis 1 reverses it in half the augmented samples, which this check sees."""
+    assert scans.load_protocol(data_dir).flip_axes == (0,)
+    raw, aug = _ap_offsets(data_dir, ["auto"])
+    assert len(raw) > 200 and (raw > 0).all()  # in the data, the head is always anterior
+    assert (np.sign(aug) == np.sign(raw)).all()
+    raw, aug = _ap_offsets(data_dir, ["0", "1"])
+    reversed_share = (np.sign(aug) != np.sign(raw)).mean()
+    assert 0.35 < reversed_share < 0.65  # every sample is augmented here, half of them flipped
