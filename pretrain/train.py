@@ -16,6 +16,8 @@ RUN_DIR is refused (exit code 2); so is a second process while one works on RUN_
 from __future__ import annotations
 
 import argparse
+import hashlib
+import json
 import sys
 import time
 
@@ -27,6 +29,7 @@ import models
 import scans
 
 from . import tasks  # noqa: F401  (registers every task)
+from .probe import knn_accuracy, probe_sets
 from .registry import TASKS, describe_tasks, task_options
 
 SUMMARY = "summary.json"
@@ -57,11 +60,23 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
 
 
 def run_identity(args) -> dict:
-    """What makes two pretraining runs the same run: every result-affecting argument of this task."""
+    """What makes two pretraining runs the same run: every result-affecting argument of this task,
+    and the training pool of the split (not the split file: its test set and label fractions do
+    not reach pretraining, so splits with other label seeds share one pretraining run)."""
     other_tasks = {o for name in TASKS if name != args.task for o in task_options(name)}
-    ident = engine.run_identity(vars(args), files={"split": args.split}, leave_out=other_tasks)
+    ident = engine.run_identity(vars(args), leave_out=other_tasks | {"split"})
+    ident["split__train_pool_sha256"] = train_pool_digest(args.split)
     ident["device"] = args.device.split(":")[0]  # cuda:0 and cuda:1 give the same numbers
     return ident
+
+
+def train_pool_digest(split_file) -> str | None:
+    """sha256 of the split's sorted training-pool case ids (None if the file cannot be read)."""
+    try:
+        pool = sorted(scans.load_splits(split_file)["train_pool"])
+    except scans.ScanError:
+        return None
+    return hashlib.sha256(json.dumps(pool).encode()).hexdigest()
 
 
 def check_args(args) -> None:
@@ -94,6 +109,16 @@ def final_accuracy(rows: list[dict], after_step: int) -> float | None:
     """Mean logged pretext accuracy over the last epoch (steps > ``after_step``)."""
     accs = [r["accuracy"] for r in rows if r["step"] > after_step] or [r["accuracy"] for r in rows[-1:]]
     return sum(accs) / len(accs) if accs else None
+
+
+def probe_sets_of(args):
+    """The k-NN probe's reference and query slices of the training pool, or None if a case has no label."""
+    cases = training_cases(args)
+    if any(c.label is None for c in cases):
+        return None
+    labelled = scans.load_cases(cases, with_label=True)
+    groups = scans.load_splits(args.split).get("groups") or scans.load_protocol(args.data).subjects
+    return probe_sets(labelled, groups, tuple(args.size), args.axis)
 
 
 class PretextTrainer(engine.Trainer):
@@ -161,16 +186,16 @@ def train(args, folder: engine.RunFolder, device: torch.device, rank: int, world
     per_epoch = sampler.batches_per_epoch
     total = args.steps if args.steps > 0 else args.epochs * per_epoch
 
-    model.to(device)
-    if cuda:
-        model.to(memory_format=torch.channels_last)
+    model.to(device).to(memory_format=torch.channels_last)  # CPU too: U-Net +11%, TransUNet +32% images/s here
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
     scaler = torch.amp.GradScaler("cuda", enabled=args.amp and cuda)
     state = engine.TrainState(model, optimizer, scaler, t_start=t_start)
     log = engine.resume(folder, state, log_enabled=main_proc)
+    probe = probe_sets_of(args) if main_proc else None
     if state.step == 0 and main_proc:
         folder.write_config(args=vars(args), provenance=provenance, slices=len(dataset),
-                            cases=[c.case_id for c in loaded], steps_total=total, steps_per_epoch=per_epoch)
+                            cases=[c.case_id for c in loaded], steps_total=total, steps_per_epoch=per_epoch,
+                            knn_accuracy_start=probe and knn_accuracy(encoder, *probe, device))
     net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if cuda else None) if world > 1 else model
     writer = engine.tensorboard_writer(folder.path) if main_proc else None
     images_per_step = args.batch_size * world
@@ -195,14 +220,18 @@ def train(args, folder: engine.RunFolder, device: torch.device, rank: int, world
                "slices": len(dataset), "cases": len(loaded), "world_size": world,
                "wall_time_s": round(state.elapsed(), 1)}
     if main_proc:
+        summary["knn_accuracy_start"] = (folder.config() or {}).get("knn_accuracy_start")
+        summary["knn_accuracy"] = probe and knn_accuracy(encoder, *probe, device)
         meta = {"pretext": args.task, "data": str(args.data), "split": str(args.split),
                 "train_cases": [c.case_id for c in loaded], "config": vars(args),
                 "commit": provenance.get("commit"), "dirty": provenance.get("dirty"), "steps": state.step,
                 "final_accuracy": summary["final_accuracy"], **task.encoder_meta()}
         models.save_encoder(folder.path / "encoder.pt", encoder, **meta)
         folder.write_result(summary)
+        knn = (f"; k-NN probe {summary['knn_accuracy_start']:.3f} -> {summary['knn_accuracy']:.3f}"
+               if summary["knn_accuracy"] is not None and summary["knn_accuracy_start"] is not None else "")
         print(f"done: {args.task} accuracy {summary['final_accuracy'] or 0:.3f} over the last epoch "
-              f"(chance {task.chance:.3f}) -> {folder.path / 'encoder.pt'}", flush=True)
+              f"(chance {task.chance:.3f}){knn} -> {folder.path / 'encoder.pt'}", flush=True)
     return summary
 
 

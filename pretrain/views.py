@@ -11,11 +11,12 @@ def content(img: np.ndarray, box) -> np.ndarray:
     return img[top : top + h, left : left + w]
 
 
-def random_square(img: np.ndarray, rng: np.random.Generator, min_side: float = 1.0) -> np.ndarray:
-    """A random square crop inside ``img``; its side is drawn from [min_side, 1] x the shorter edge."""
+def random_square(img: np.ndarray, rng: np.random.Generator, min_side: float = 1.0, max_side: float = 1.0) -> np.ndarray:
+    """A random square crop inside ``img``; its side is drawn from [min_side, max_side] x the shorter edge."""
     h, w = img.shape
     s = min(h, w)
-    s = int(rng.integers(max(1, int(round(min_side * s))), s + 1)) if min_side < 1 else s
+    lo, hi = max(1, int(round(min_side * s))), max(1, int(round(max_side * s)))
+    s = int(rng.integers(lo, hi + 1)) if lo < hi else hi
     top, left = rng.integers(0, h - s + 1), rng.integers(0, w - s + 1)
     return img[top : top + s, left : left + s]
 

@@ -185,14 +185,18 @@ def finished_simclr(tmp_path_factory, split_file):
 
 def test_every_result_affecting_argument_is_checked_after_a_finished_run(finished_simclr, split_file, tmp_path,
                                                                          capsys):
-    other_split = tmp_path / "other_split.json"
-    write_json(other_split, {**json.loads(split_file.read_text()), "note": "another file"})
+    splits = json.loads(split_file.read_text())
+    other_split = tmp_path / "other_split.json"  # another training pool
+    write_json(other_split, {**splits, "train_pool": splits["train_pool"][1:]})
+    same_pool = tmp_path / "same_pool.json"  # other label fractions, the same pool: the same pretraining
+    write_json(same_pool, {**splits, "label_fractions": {"7": splits["label_fractions"]["0"]}})
     base = ["--task", "simclr", "--split", str(split_file), "--out", str(finished_simclr), "--steps", "3",
             "--batch-size", "8", "--max-cases", "3", "--log-every", "1", "--num-permutations", "10"]
     parser = pretrain.get_args_parser()
     ident = json.loads((finished_simclr / "config.json").read_text())["identity"]
     actions = identity_actions(parser, ident)
-    assert {a.dest for a in actions} == set(ident) - {"split_sha256"}
+    assert {a.dest for a in actions} == set(ident) - {"split__train_pool_sha256"}
+    actions.append(next(a for a in parser._actions if a.dest == "split"))
     files = fingerprint(finished_simclr)
     for action in actions:
         capsys.readouterr()
@@ -200,7 +204,8 @@ def test_every_result_affecting_argument_is_checked_after_a_finished_run(finishe
         err = capsys.readouterr().err
         assert rc == 2 and refused_names(err, action), (action.dest, rc, err)
     assert fingerprint(finished_simclr) == files
-    for reporting in (["--workers", "0"], ["--log-every", "7"], ["--ckpt-every", "2"], ["--progress-every", "1"]):
+    for reporting in (["--workers", "0"], ["--log-every", "7"], ["--ckpt-every", "2"], ["--progress-every", "1"],
+                      ["--split", str(same_pool)]):
         assert pretrain.main(base + reporting) == 0  # changes no number: still the same finished run
     assert fingerprint(finished_simclr) == files
 
@@ -299,3 +304,19 @@ with torch.no_grad():
 json.dump({"gathered": gathered, "local_only": local_only, "reference_global": ref}, open(f"{sys.argv[1]}/rank{rank}.json", "w"))
 dist.destroy_process_group()
 '''
+
+
+def test_jigsaw_tiles_never_touch():
+    """Neighbouring tiles are at least min_gap apart for every cell size the hippocampus slices give."""
+    rng = np.random.default_rng(0)
+    for cell in range(6, 17):
+        for _ in range(200):
+            t, off = jigsaw.tile_layout(cell, 0.75, 2, rng)
+            starts = np.arange(3)[:, None] * cell + off[..., 0]  # rows: (grid row, grid col)
+            gaps_down = starts[1:, :] - (starts[:-1, :] + t)
+            starts_x = np.arange(3)[None, :] * cell + off[..., 1]
+            gaps_right = starts_x[:, 1:] - (starts_x[:, :-1] + t)
+            assert gaps_down.min() >= 2 and gaps_right.min() >= 2, (cell, t, off)
+            assert (off >= 0).all() and (off + t <= cell).all()
+    with pytest.raises(ValueError, match="no room"):
+        jigsaw.tile_layout(3, 0.75, 2, rng)

@@ -1,10 +1,11 @@
 """Jigsaw puzzles (Noroozi and Favaro 2016, arXiv:1603.09246).
 
 Views: a square region inside the scanned content is cut into a 3x3 grid. From each cell a
-tile smaller than the cell is taken at a random offset (a gap between tiles and per-tile
-jitter, so edges do not continue across tiles), resized to ``tile x tile`` pixels (hippocampus
-slices give cells of only ~12 px; an encoder with stride 16 needs larger inputs) and
-normalised on its own (no brightness cue). The tiles are shuffled by one permutation of a
+tile smaller than the cell is taken at a random offset, such that neighbouring tiles are at
+least ``min_gap`` pixels apart (so edges never continue across tiles) and jittered within what
+is left; each tile is resized to ``tile x tile`` pixels (hippocampus slices give cells of only
+~11 px; an encoder with stride 16 needs larger inputs) and normalised on its own (no
+brightness cue). The tiles are shuffled by one permutation of a
 fixed set chosen by maximal Hamming distance; the model predicts its index.
 """
 from __future__ import annotations
@@ -22,24 +23,39 @@ from ..views import accuracy, content, random_square, resize
 GRID = 3
 
 
+def tile_layout(cell: int, tile_fraction: float, min_gap: int, rng: np.random.Generator) -> tuple[int, np.ndarray]:
+    """Tile side ``t`` and per-cell offsets (GRID, GRID, 2) within cells of side ``cell``.
+
+    Offsets lie in ``[ceil(g/2), cell - t - floor(g/2)]``, so the tiles of neighbouring cells
+    are at least ``g = min_gap`` pixels apart; the tile shrinks if the cell leaves no room.
+    """
+    lo, hi_margin = -(-min_gap // 2), min_gap // 2
+    t = min(max(2, int(round(cell * tile_fraction))), cell - lo - hi_margin)
+    if t < 2:
+        raise ValueError(f"grid cells of {cell} px leave no room for tiles {min_gap} px apart; use a larger region")
+    return t, rng.integers(lo, cell - t - hi_margin + 1, size=(GRID, GRID, 2))
+
+
 class JigsawViews:
     """(padded slice HxW, content box) -> (tiles float32 (9, 1, T, T), permutation index)."""
 
-    def __init__(self, permutations: torch.Tensor, tile: int = 32, tile_fraction: float = 0.8):
+    def __init__(self, permutations: torch.Tensor, tile: int = 32, tile_fraction: float = 0.75, min_gap: int = 2):
         if not 0.3 <= tile_fraction <= 1.0:
             raise ValueError(f"tile fraction must be in [0.3, 1], got {tile_fraction}")
+        if min_gap < 1:
+            raise ValueError(f"min_gap must be >= 1 pixel (touching tiles give the answer away), got {min_gap}")
         self.perms = permutations.numpy()
-        self.tile, self.tile_fraction = tile, tile_fraction
+        self.tile, self.tile_fraction, self.min_gap = tile, tile_fraction, min_gap
 
     def __call__(self, img: np.ndarray, box):
         rng = np.random.default_rng(np.random.randint(2**31))
         region = random_square(content(img, box), rng)
         cell = region.shape[0] // GRID
-        t = max(2, int(round(cell * self.tile_fraction)))
+        t, offsets = tile_layout(cell, self.tile_fraction, self.min_gap, rng)
         tiles = []
         for r in range(GRID):
             for c in range(GRID):
-                dy, dx = rng.integers(0, cell - t + 1, size=2)
+                dy, dx = offsets[r, c]
                 patch = resize(region[r * cell + dy : r * cell + dy + t, c * cell + dx : c * cell + dx + t], (self.tile, self.tile))
                 tiles.append((patch - patch.mean()) / (patch.std() + 1e-5))
         label = int(rng.integers(len(self.perms)))
@@ -79,12 +95,13 @@ class Jigsaw(PretextTask):
     @staticmethod
     def add_args(g) -> None:
         g.add_argument("--tile", type=int, default=32, help="tile side after resizing")
-        g.add_argument("--tile-fraction", type=float, default=0.8, help="tile side / grid cell side (rest is the gap)")
+        g.add_argument("--tile-fraction", type=float, default=0.75, help="tile side / grid cell side (rest: gap and jitter)")
+        g.add_argument("--min-gap", type=int, default=2, help="least distance in pixels between neighbouring tiles")
         g.add_argument("--num-permutations", type=int, default=100, help="size of the permutation set")
 
     def __init__(self, args, encoder):
         self.permutations = jigsaw_permutations(args.num_permutations, GRID * GRID, seed=0)
-        self.views = JigsawViews(self.permutations, args.tile, args.tile_fraction)
+        self.views = JigsawViews(self.permutations, args.tile, args.tile_fraction, args.min_gap)
         self.model = JigsawModel(encoder, self.permutations)
         self.chance = 1.0 / len(self.permutations)
 

@@ -2,10 +2,19 @@
 
 Views: a random square crop taken inside the scanned content (no zero padding, whose position
 would give the rotation away), of random size and position (so the absolute position of
-anatomy in the crop varies), resized to ``crop x crop``. The model rotates every crop by
-0/90/180/270 degrees on the device and predicts which: 4-way cross-entropy.
+anatomy in the crop varies), mirrored half of the time, resized to ``crop x crop``. The model
+rotates every crop by 0/90/180/270 degrees on the device and predicts which: 4-way
+cross-entropy.
+
+All scans of a data set usually share one orientation, which makes whole-slice rotation close
+to trivial (measured on the embedded data: 0.91 accuracy by step 48 with crops of 0.6-1.0 of the
+content, 1.00 by step 96). Small crops (0.3-0.5 of the shorter content edge) and mirroring (no
+left-right cue) leave only local anatomy to tell the rotation: accuracy then climbs from 0.26 to
+about 0.6 over the first epoch (232 steps of 32) and goes on rising.
 """
 from __future__ import annotations
+
+import argparse
 
 import numpy as np
 import torch
@@ -21,11 +30,16 @@ from ..views import accuracy, content, random_square, resize
 class RotationViews:
     """(padded slice HxW, content box) -> float32 tensor (1, crop, crop)."""
 
-    def __init__(self, crop: int = 32, min_side: float = 0.6):
-        self.crop, self.min_side = crop, min_side
+    def __init__(self, crop: int = 32, min_side: float = 0.6, max_side: float = 1.0, flip: bool = False):
+        if not 0 < min_side <= max_side <= 1:
+            raise ValueError(f"crop sides must satisfy 0 < min_side <= max_side <= 1, got {min_side}, {max_side}")
+        self.crop, self.min_side, self.max_side, self.flip = crop, min_side, max_side, flip
 
     def __call__(self, img: np.ndarray, box) -> torch.Tensor:
-        sq = random_square(content(img, box), np.random.default_rng(np.random.randint(2**31)), self.min_side)
+        rng = np.random.default_rng(np.random.randint(2**31))
+        sq = random_square(content(img, box), rng, self.min_side, self.max_side)
+        if self.flip and rng.random() < 0.5:
+            sq = sq[:, ::-1]  # mirrored anatomy: left-right cues no longer tell the rotation
         return torch.from_numpy(resize(sq, (self.crop, self.crop)))[None]
 
 
@@ -62,9 +76,12 @@ class Rotation(PretextTask):
     @staticmethod
     def add_args(g) -> None:
         g.add_argument("--crop", type=int, default=32, help="side of the square crop that is rotated (after resizing)")
-        g.add_argument("--min-side", type=float, default=0.6, help="smallest crop side / shorter content edge")
+        g.add_argument("--min-side", type=float, default=0.3, help="smallest crop side / shorter content edge")
+        g.add_argument("--max-side", type=float, default=0.5, help="largest crop side / shorter content edge")
+        g.add_argument("--flip-crops", action=argparse.BooleanOptionalAction, default=True,
+                       help="mirror half of the crops before rotating them")
 
     def __init__(self, args, encoder):
-        self.views = RotationViews(args.crop, args.min_side)
+        self.views = RotationViews(args.crop, args.min_side, args.max_side, args.flip_crops)
         self.model = RotationModel(encoder)
         self.chance = 0.25
