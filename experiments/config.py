@@ -21,16 +21,20 @@ BASE_INITS = ("random", "imagenet")
 DEFAULTS = {
     "name": None,                 # default: the file name without .yaml
     "data": "data/msd_hippocampus",
-    "split": {"test_fraction": 0.2, "seed": 0},
+    "split": {"test_fraction": 0.2, "seed": 0,
+              "validation_fraction": None},  # set: evaluate on a validation part of the training pool, not on test
     "encoder": "unet_tiny",
     "tasks": sorted(pretrain.TASKS),  # pretext tasks to pretrain (the registered ones)
     "inits": ["random", "rotation", "jigsaw", "simclr"],
     "imagenet_weights": None,     # local timm weights file; 'imagenet' init needs it
     "archs": sorted(models.ARCHS),
     "fractions": [0.01, 0.1, 1.0],
-    "seeds": [0],
+    "label_seeds": [0],           # which labelled volumes; a list, or fraction -> list
+    "train_seeds": [0],           # weights, data order, augmentation; a list, or fraction -> list
+    "groups": None,               # case -> subject JSON map; default: the dataset's protocol.json
     "device": "auto",
     "runs_dir": None,             # default: runs/<name>
+    "pretrain_dir": None,         # default: runs/pretrain beside runs_dir (shared by configs)
     "results_dir": None,          # default: results/<name>
     "cpus_per_job": 2,            # threads per job; jobs at once = cores // cpus_per_job
     "timeout_min": 120,           # per job (submitit); local jobs are killed after it
@@ -71,6 +75,7 @@ def load_config(path: str | Path) -> dict:
     cfg["name"] = cfg["name"] or p.stem
     cfg["runs_dir"] = cfg["runs_dir"] or f"runs/{cfg['name']}"
     cfg["results_dir"] = cfg["results_dir"] or f"results/{cfg['name']}"
+    cfg["pretrain_dir"] = cfg["pretrain_dir"] or str(Path(cfg["runs_dir"]).parent / "pretrain")
     cfg["config_path"] = str(p)
     for t in cfg["tasks"]:
         if t not in pretrain.TASKS:
@@ -80,13 +85,15 @@ def load_config(path: str | Path) -> dict:
     _check_options(p, "finetune.args", cfg["finetune"]["args"], ft_parser)
     for arch, options in cfg["finetune"]["arch_args"].items():
         _check_options(p, f"finetune.arch_args.{arch}", options, ft_parser)
+    general = {a.dest for a in pretrain.get_args_parser()._actions} - {o for t in pretrain.TASKS for o in pretrain.task_options(t)}
     for t, options in cfg["pretrain"]["task_args"].items():
         if t not in cfg["tasks"]:
             raise ConfigError(f"{p}: pretrain.task_args has {t!r}, which is not one of the tasks {cfg['tasks']}")
         own = pretrain.task_options(t)
         for k in options:
-            if k not in own:
-                raise ConfigError(f"{p}: pretrain.task_args.{t} has unknown option {k!r}; {t} takes {own}")
+            if k not in own and k not in general:
+                raise ConfigError(f"{p}: pretrain.task_args.{t} has unknown option {k!r}; {t} takes {own} "
+                                  "and the general pretraining options")
     for i in cfg["inits"]:
         if i not in BASE_INITS and i not in cfg["tasks"]:
             raise ConfigError(f"{p}: init {i!r} is neither {BASE_INITS} nor one of the pretext tasks {cfg['tasks']}")
@@ -103,17 +110,26 @@ def load_config(path: str | Path) -> dict:
         if not 0 < float(f) <= 1:
             raise ConfigError(f"{p}: label fraction must be in (0, 1], got {f}")
     cfg["fractions"] = [float(f) for f in cfg["fractions"]]
-    if not cfg["seeds"]:
-        raise ConfigError(f"{p}: seeds is empty")
+    for key in ("label_seeds", "train_seeds"):
+        for f in cfg["fractions"]:
+            seeds = per_fraction(cfg[key], f, f"{p}: {key}")
+            if not seeds or not all(isinstance(s, int) and s >= 0 for s in seeds) or len(set(seeds)) != len(seeds):
+                raise ConfigError(f"{p}: {key} for fraction {f} must be distinct integers >= 0, got {seeds!r}")
+    if cfg["groups"] and not Path(cfg["groups"]).is_file():
+        raise ConfigError(f"{p}: groups file {cfg['groups']} does not exist")
     return cfg
+
+
+def per_fraction(value, fraction: float, where: str):
+    """A setting that is one value for every fraction, or a mapping fraction -> value."""
+    if isinstance(value, dict):
+        for k, v in value.items():
+            if abs(float(k) - fraction) < 1e-9:
+                return v
+        raise ConfigError(f"{where} has no entry for fraction {fraction}")
+    return value
 
 
 def finetune_steps(cfg: dict, fraction: float) -> int:
     """``finetune.steps`` is one number or a mapping fraction -> steps."""
-    steps = cfg["finetune"]["steps"]
-    if isinstance(steps, dict):
-        for k, v in steps.items():
-            if abs(float(k) - fraction) < 1e-9:
-                return int(v)
-        raise ConfigError(f"{cfg['config_path']}: finetune.steps has no entry for fraction {fraction}")
-    return int(steps)
+    return int(per_fraction(cfg["finetune"]["steps"], fraction, f"{cfg['config_path']}: finetune.steps"))

@@ -14,6 +14,7 @@ import models
 import scans
 
 from .config import BASE_INITS
+from .grid import pretrain_out
 
 
 def encoders_of(cfg: dict) -> dict:
@@ -26,7 +27,7 @@ def encoders_of(cfg: dict) -> dict:
         elif init == "imagenet":
             out[init] = models.create_encoder(cfg["encoder"], in_chans=1, pretrained_file=cfg["imagenet_weights"])
         elif init not in BASE_INITS:
-            path = Path(cfg["runs_dir"]) / "pretrain" / f"{init}_{cfg['encoder']}" / "encoder.pt"
+            path = Path(pretrain_out(cfg, init)) / "encoder.pt"
             if path.is_file():
                 enc = models.create_encoder(cfg["encoder"], in_chans=1)
                 models.load_encoder(enc, path)

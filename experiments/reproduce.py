@@ -20,20 +20,36 @@ from tqdm import tqdm
 import scans
 from atomicio import write_json
 from engine import ConfigError, lock_holder
-from slurm import TrainJob, make_executor, submit_grid
+from slurm import TrainChain, make_executor, submit_grid
+from slurm.jobs import last_line
 
 from .collect import collect
-from .grid import Run, finetune_runs, pretrain_runs, split_path
+from .grid import Run, all_label_seeds, finetune_runs, pretrain_runs, split_path
 from .state import move_aside, run_state
 
 
-def ensure_split(cfg: dict) -> dict:
-    """Write the config's split file (same seeds -> same bytes), keeping an identical existing one."""
+def make_split(cfg: dict) -> dict:
+    """The config's split. With ``split.validation_fraction``, a validation split for choosing
+    recipes: the test set is dropped altogether and the training pool is split again, by
+    subject, into a validation set (in the file's ``test``) and a smaller pool."""
     cases = [c for c in scans.find_cases(cfg["data"]) if c.label is not None]
     if not cases:
         raise scans.ScanError(cfg["data"], "no labelled cases")
-    splits = scans.make_splits([c.case_id for c in cases], cfg["split"]["test_fraction"], cfg["split"]["seed"],
-                               cfg["fractions"], cfg["seeds"], dataset=Path(cfg["data"]).name)
+    groups = scans.load_groups(cfg["groups"]) if cfg["groups"] else scans.load_protocol(cfg["data"]).subjects
+    sp, seeds, name = cfg["split"], all_label_seeds(cfg), Path(cfg["data"]).name
+    splits = scans.make_splits([c.case_id for c in cases], sp["test_fraction"], sp["seed"], cfg["fractions"], seeds,
+                               dataset=name, groups=groups)
+    if sp["validation_fraction"]:
+        splits = scans.make_splits(splits["train_pool"], sp["validation_fraction"], sp["seed"] + 1, cfg["fractions"],
+                                   seeds, dataset=name, groups=groups)
+        splits["validation_of"] = {"test_fraction": sp["test_fraction"], "seed": sp["seed"], "test_cases_left_out":
+                                   len(cases) - len(splits["test"]) - len(splits["train_pool"])}
+    return splits
+
+
+def ensure_split(cfg: dict) -> dict:
+    """Write the config's split file (same settings -> same bytes), keeping an identical existing one."""
+    splits = make_split(cfg)
     path = Path(split_path(cfg))
     if path.is_file():
         old = scans.load_splits(path)
@@ -61,16 +77,27 @@ def describe(run: Run, res: dict | None) -> str:
     return (f"{run.key}: test Dice {d:.3f}" if d is not None else run.key) + (f" ({wall:.0f} s)" if wall else "")
 
 
-def schedule(runs: list[Run], executor, parallel: int, threads: int, elsewhere: list[Run] = ()) -> dict[str, str]:
-    """Run ``runs`` respecting ``needs``, at most ``parallel`` at once; runs that need one of
-    ``elsewhere`` (running in another process) wait for it. Returns failed key -> reason."""
+def schedule(runs: list[Run], executor, parallel: int, threads: int, elsewhere: list[Run] = (),
+             chain: int = 6) -> dict[str, str]:
+    """Run ``runs`` respecting ``needs``, at most ``parallel`` jobs at once; runs that need one of
+    ``elsewhere`` (running in another process) wait for it. Returns failed key -> reason.
+
+    A pretraining run is a job of its own; ready fine-tuning runs go in chains of up to ``chain``
+    runs per job (``slurm.TrainChain``: one process, data read once), shorter as the grid drains
+    so the workers finish together.
+    """
     pending = list(runs)
-    in_flight: dict[str, tuple] = {}
+    in_flight: dict[int, tuple] = {}
     waiting = {r.key: r for r in elsewhere}
     known = {r.key for r in runs} | set(waiting)
     done: set[str] = set()
     failed: dict[str, str] = {}
     bar = tqdm(total=len(runs), desc="grid", unit="run", dynamic_ncols=True)
+
+    def fail(run, reason):
+        failed[run.key] = reason
+        bar.write(f"FAILED   {run.key}: {reason}")
+
     try:
         while pending or in_flight:
             for key, r in list(waiting.items()):
@@ -81,43 +108,53 @@ def schedule(runs: list[Run], executor, parallel: int, threads: int, elsewhere: 
                         done.add(key)
                     else:
                         failed[key] = "stopped elsewhere without finishing"
+            ready = []
             for run in list(pending):
-                if len(in_flight) >= parallel:
-                    break
                 blocked = [n for n in run.needs if n in failed]
                 if blocked:
-                    failed[run.key] = f"needs {blocked[0]}, which failed ({failed[blocked[0]]})"
                     pending.remove(run)
                     bar.update(1)
-                    bar.write(f"FAILED   {run.key}: {failed[run.key]}")
-                    continue
-                if all(n in done or n not in known for n in run.needs):
-                    job = executor.submit(TrainJob(run.kind, threads), list(run.argv))
-                    in_flight[run.key] = (job, run, time.time())
-                    pending.remove(run)
-                    bar.write(f"started  {run.key}  (job {job.job_id}, log {getattr(job, 'paths', None) and job.paths.stdout})")
-            for key, (job, run, t0) in list(in_flight.items()):
+                    fail(run, f"needs {blocked[0]}, which failed ({failed[blocked[0]]})")
+                elif all(n in done or n not in known for n in run.needs):
+                    ready.append(run)
+            ready.sort(key=lambda r: r.kind != "pretrain")  # pretraining first: other runs wait for it
+            while ready and len(in_flight) < parallel:
+                n = 1 if ready[0].kind == "pretrain" else max(1, min(chain, len(ready) // (2 * parallel)))
+                batch = [ready.pop(0)]
+                while len(batch) < n and ready and ready[0].kind != "pretrain":
+                    batch.append(ready.pop(0))
+                job = executor.submit(TrainChain(threads), [(r.kind, list(r.argv)) for r in batch])
+                in_flight[id(job)] = (job, batch, time.time())
+                for r in batch:
+                    pending.remove(r)
+                names = batch[0].key + (f" and {len(batch) - 1} more" if len(batch) > 1 else "")
+                bar.write(f"started  {names}  (job {job.job_id}, log {getattr(job, 'paths', None) and job.paths.stdout})")
+            for key, (job, batch, t0) in list(in_flight.items()):
                 if not job.done():
                     continue
                 del in_flight[key]
-                bar.update(1)
+                bar.update(len(batch))
                 try:
-                    res = job.result()
-                except Exception as e:  # the job's own traceback is in its log
-                    reason = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
-                    failed[key] = f"{reason} (log: {job.paths.stderr})"
-                    bar.write(f"FAILED   {key}: {failed[key]}")
+                    results = job.result()
+                except Exception as e:  # the job died (killed, out of memory): its log says more
+                    for r in batch:
+                        fail(r, f"{last_line(e)} (log: {job.paths.stderr})")
                     continue
-                if res.get("status") == "running elsewhere":
-                    waiting[key] = run
-                    bar.write(f"elsewhere {key}: {res['detail']}")
-                    continue
-                done.add(key)
-                bar.write(f"finished {describe(run, res)}  [{time.time() - t0:.0f} s]")
+                for r, res in zip(batch, results):
+                    if res.get("status") == "failed":
+                        fail(r, f"{res['error']} (log: {job.paths.stderr})")
+                    elif res.get("status") == "running elsewhere":
+                        waiting[r.key] = r
+                        bar.write(f"elsewhere {r.key}: {res['detail']}")
+                    else:
+                        done.add(r.key)
+                        bar.write(f"finished {describe(r, res)}")
+                if len(batch) > 1:
+                    bar.write(f"         (job {job.job_id}: {len(batch)} runs in {time.time() - t0:.0f} s)")
             if in_flight or waiting:
                 time.sleep(0.5)
     except KeyboardInterrupt:
-        for job, run, _ in in_flight.values():
+        for job, _, _ in in_flight.values():
             job.cancel(check=False)
         bar.write("interrupted: runs in flight were stopped (they resume from their checkpoints); finished runs are kept")
         raise

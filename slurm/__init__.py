@@ -1,9 +1,9 @@
 """The launcher: pretraining and fine-tuning runs through submitit on local processes, in-process
 (debugging) or a SLURM cluster (job arrays, dependencies, requeue with resume); python -m slurm."""
 from .executors import EXECUTORS, make_executor
-from .jobs import TRAINERS, RunInterrupted, TrainJob
+from .jobs import TRAINERS, RunInterrupted, TrainChain, TrainJob
 from .profiles import load_profile
 from .submit import JOBS_FILE, job_states, read_jobs, submit_grid, submit_run
 
-__all__ = ["EXECUTORS", "JOBS_FILE", "RunInterrupted", "TRAINERS", "TrainJob", "job_states", "load_profile",
+__all__ = ["EXECUTORS", "JOBS_FILE", "RunInterrupted", "TRAINERS", "TrainChain", "TrainJob", "job_states", "load_profile",
            "make_executor", "read_jobs", "submit_grid", "submit_run"]

@@ -33,6 +33,11 @@ def _distributed_env() -> None:
         submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
 
 
+def last_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return f"{type(e).__name__}: {text.splitlines()[-1]}" if text else type(e).__name__
+
+
 class TrainJob(submitit.helpers.Checkpointable):
     """Run ``python -m pretrain`` or ``python -m finetune`` in-process with ``argv``."""
 
@@ -57,3 +62,24 @@ class TrainJob(submitit.helpers.Checkpointable):
         if res.get("status") == "interrupted":
             raise RunInterrupted(f"{self.kind} run stopped at step {res.get('step')}; run again to resume")
         return res
+
+
+class TrainChain:
+    """Several runs one after the other in one process: ``[(kind, argv), ...]`` -> one result each.
+
+    On one machine this saves each run the start of a Python process and the reading of the
+    data (decoded volumes stay cached in the process). A run that fails does not stop the
+    chain: its result is ``{"status": "failed", "error": <last line>}``.
+    """
+
+    def __init__(self, threads: int = 0):
+        self.threads = threads
+
+    def __call__(self, runs: list[tuple[str, list[str]]]) -> list[dict]:
+        results = []
+        for kind, argv in runs:
+            try:
+                results.append(TrainJob(kind, self.threads)(argv))
+            except Exception as e:  # noqa: BLE001  (reported per run; the chain goes on)
+                results.append({"status": "failed", "error": last_line(e)})
+        return results

@@ -20,7 +20,7 @@ def write_config(tmp_path, data, **over):
     cfg = {
         "data": str(data), "split": {"test_fraction": 0.34, "seed": 0},
         "encoder": "unet_tiny", "tasks": ["simclr"], "inits": ["random", "simclr"],
-        "archs": ["unet", "transunet"], "fractions": [0.5, 1.0], "seeds": [0], "device": "cpu",
+        "archs": ["unet", "transunet"], "fractions": [0.5, 1.0], "label_seeds": [0], "train_seeds": [0], "device": "cpu",
         "runs_dir": str(tmp_path / "runs" / "tiny"), "results_dir": str(tmp_path / "results" / "tiny"),
         "cpus_per_job": 1, "timeout_min": 10,
         "pretrain": {"epochs": 1, "batch_size": 8, "args": {"steps": 2}},
@@ -51,69 +51,92 @@ def test_config_checks_keys_and_drops_imagenet_without_weights(tmp_path, small_m
     assert experiments_main(["reproduce", "--config", str(tmp_path / "missing.yaml")]) == 2
 
 
-def test_grid_runs_and_dependencies(tmp_path, small_msd):
-    cfg = load_config(write_config(tmp_path, small_msd))
+def test_grid_runs_replicates_and_dependencies(tmp_path, small_msd):
+    cfg = load_config(write_config(tmp_path, small_msd, label_seeds={0.5: [0, 1], 1.0: [0]}, train_seeds=[0, 1]))
     pre, ft = pretrain_runs(cfg), finetune_runs(cfg)
-    assert [r.key for r in pre] == ["pretrain/simclr"]
-    assert len(ft) == 2 * 2 * 2
+    assert [r.key for r in pre] == ["pretrain/simclr"] and "/runs/pretrain/simclr_unet_tiny_" in pre[0].out
+    assert len(ft) == 2 * 2 * (4 + 2)  # archs x inits x (2 label seeds x 2 training seeds at 50%, 1 x 2 at 100%)
     ssl = [r for r in ft if r.cell["init"] == "simclr"]
-    assert all(r.needs == ("pretrain/simclr",) and "encoder.pt" in r.argv[r.argv.index("--init") + 1] for r in ssl)
-    assert {r.out.split("runs/tiny/")[1] for r in ft} >= {"unet/random/frac0.5/seed0", "transunet/simclr/frac1/seed0"}
+    assert all(r.needs == ("pretrain/simclr",) and r.argv[r.argv.index("--init") + 1] == f"{pre[0].out}/encoder.pt"
+               for r in ssl)
+    assert {r.out.split("runs/tiny/")[1] for r in ft} >= {"unet/random/frac0.5/L1_S0", "transunet/simclr/frac1/L0_S1"}
+    # a replicate's runs differ only in the init: paired
+    a = next(r for r in ft if r.key == "unet/random/frac0.5/L1_S1").argv
+    b = next(r for r in ft if r.key == "unet/simclr/frac0.5/L1_S1").argv
+    assert [x for x in a if x not in b] == ["random", a[a.index("--out") + 1]]
+    assert a[a.index("--label-seed") + 1] == "1" and a[a.index("--seed") + 1] == "1"
+    other = load_config(write_config(tmp_path, small_msd, name="other", label_seeds=[3]))
+    assert pretrain_runs(other)[0].out == pre[0].out  # same data, split and pretraining: one shared encoder
 
 
 def test_tiny_reproduction_end_to_end_and_idempotent(tmp_path, small_msd, capsys):
-    path = write_config(tmp_path, small_msd)
+    path = write_config(tmp_path, small_msd, label_seeds={0.5: [0, 1], 1.0: [0]})
     assert experiments_main(["reproduce", "--config", str(path), "--executor", "local"]) == 0
     res = tmp_path / "results" / "tiny"
     for name in ("table.md", "table.csv", "transfer_curve.png", "runs.jsonl", "splits.json"):
         assert (res / name).stat().st_size > 0, name
     rows = list(csv.DictReader(open(res / "table.csv")))
+    assert list(rows[0]) == ["arch", "init", "fraction", "n", "mean_dice", "sd", "delta_vs_random", "ci95_low",
+                             "ci95_high", "collapsed"]
     assert len(rows) == 2 * 2 * 2 and all(0 <= float(r["mean_dice"]) <= 1 for r in rows)
     assert {r["init"] for r in rows} == {"random", "simclr"} and {r["arch"] for r in rows} == {"unet", "transunet"}
+    half = {(r["arch"], r["init"]): r for r in rows if r["fraction"] == "0.5"}
+    assert all(r["n"] == "2" and r["sd"] for r in half.values())
+    s = half[("unet", "simclr")]
+    assert float(s["ci95_low"]) <= float(s["delta_vs_random"]) <= float(s["ci95_high"])
+    records = [json.loads(l) for l in (res / "runs.jsonl").read_text().splitlines()]
+    by = {(r["arch"], r["init"], r["label_seed"]): r["mean_dice"] for r in records if r["kind"] == "finetune" and r["fraction"] == 0.5}
+    assert float(s["delta_vs_random"]) == pytest.approx(
+        sum(by[("unet", "simclr", l)] - by[("unet", "random", l)] for l in (0, 1)) / 2, abs=1e-4)
+    assert not half[("unet", "random")]["delta_vs_random"]
     md = (res / "table.md").read_text()
     assert "| random |" in md and "| simclr |" in md and "Reference" in md and "python -m experiments reproduce" in md
+    assert "## What this shows" in md and "## What it does not show" in md and "## Encoders" in md
     with Image.open(res / "transfer_curve.png") as im:
         assert im.size[0] > 400
-    records = [json.loads(l) for l in (res / "runs.jsonl").read_text().splitlines()]
     ft = [r for r in records if r["kind"] == "finetune"]
-    assert len(ft) == 8 and len(records) == 9
+    assert len(ft) == 12 and len(records) == 13
+    assert all("label_seed" in r and "seed" in r and "collapsed" in r and len(r["cases"]) == 2 for r in ft)
     split = json.loads((res / "splits.json").read_text())
     for r in ft:
         assert r["commit"] and r["wall_time_s"] > 0 and r["train_cases"] and not set(r["train_cases"]) & set(split["test"])
     runs = tmp_path / "runs" / "tiny"
-    assert list((runs / "unet" / "random" / "frac0.5" / "seed0").glob("events.out.tfevents*"))
-    assert list((runs / "pretrain" / "simclr_unet_tiny").glob("events.out.tfevents*"))
+    assert list((runs / "unet" / "random" / "frac0.5" / "L1_S0").glob("events.out.tfevents*"))
+    assert list((tmp_path / "runs" / "pretrain").glob("simclr_unet_tiny_*/events.out.tfevents*"))
     assert (runs / "embeddings" / "projector_config.pbtxt").is_file()
     before = (res / "table.csv").read_bytes()
     capsys.readouterr()
     assert experiments_main(["reproduce", "--config", str(path), "--executor", "local"]) == 0
     out = capsys.readouterr().out
-    assert "9 already finished, 0 running elsewhere, 0 to run" in out
+    assert "13 already finished, 0 running elsewhere, 0 to run" in out
     assert (res / "table.csv").read_bytes() == before
     assert experiments_main(["status", "--config", str(path)]) == 0
-    assert "9 done" in capsys.readouterr().out
+    assert "13 done" in capsys.readouterr().out
 
     # a run another process works on is shown as running and left alone
-    holder = subprocess.Popen([sys.executable, "-c", HOLD, str(runs / "unet" / "random" / "frac1" / "seed0")],
+    holder = subprocess.Popen([sys.executable, "-c", HOLD, str(runs / "unet" / "random" / "frac1" / "L0_S0")],
                               stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline().strip() == "locked"
         assert experiments_main(["status", "--config", str(path)]) == 0
-        assert re.search(rf"unet/random/frac1/seed0 +running +process {holder.pid}", capsys.readouterr().out)
+        assert re.search(rf"unet/random/frac1/L0_S0 +running +process {holder.pid}", capsys.readouterr().out)
         _, todo, elsewhere = plan(load_config(path))
-        assert not todo and [r.key for r in elsewhere] == ["unet/random/frac1/seed0"]
+        assert not todo and [r.key for r in elsewhere] == ["unet/random/frac1/L0_S0"]
     finally:
         holder.kill()
         holder.wait()
 
-    # a changed pretext setting makes the encoder and every fine-tuning run on it stale, by the trainers' own rule
-    changed = write_config(tmp_path, small_msd, pretrain={"epochs": 1, "batch_size": 8, "args": {"steps": 2},
-                                                          "task_args": {"simclr": {"temperature": 0.5}}})
+    # a changed pretext setting: another encoder (its own folder) and every fine-tuning run on it is stale,
+    # by the trainers' own rule (the --init file changed); the random-init runs stay done
+    changed = write_config(tmp_path, small_msd, label_seeds={0.5: [0, 1], 1.0: [0]},
+                           pretrain={"epochs": 1, "batch_size": 8, "args": {"steps": 2},
+                                     "task_args": {"simclr": {"temperature": 0.5}}})
     capsys.readouterr()
     _, todo, _ = plan(load_config(changed))
-    assert sorted(r.key for r in todo) == ["pretrain/simclr", "transunet/simclr/frac0.5/seed0", "transunet/simclr/frac1/seed0",
-                                           "unet/simclr/frac0.5/seed0", "unet/simclr/frac1/seed0"]
-    assert capsys.readouterr().out.count("holds a run with other settings; moved to") == 5
+    assert sorted(r.key for r in todo) == ["pretrain/simclr"] + sorted(
+        f"{a}/simclr/{f}/{rep}" for a in ("transunet", "unet") for f, rep in
+        (("frac0.5", "L0_S0"), ("frac0.5", "L1_S0"), ("frac1", "L0_S0")))
+    assert capsys.readouterr().out.count("holds a run with other settings; moved to") == 6
 
 
 # another process working on a run folder: it holds the folder's lock, as engine.RunFolder.claim does
