@@ -21,15 +21,16 @@ __all__ = ["atomic_path", "write_bytes", "write_json", "write_text"]
 
 
 @contextmanager
-def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+def atomic_path(path: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
     """Yield a temporary path beside ``path``; when the block ends without error it replaces ``path``.
 
     The parent folder is created if needed. On an error the temporary file is removed and
-    ``path`` is left as it was.
+    ``path`` is left as it was. ``suffix`` ends the temporary name, for writers that choose the
+    format by extension (``.nii.gz`` for nibabel).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp{suffix}")
     try:
         yield tmp
         os.replace(tmp, path)

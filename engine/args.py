@@ -34,3 +34,20 @@ def check_runtime_args(args) -> None:
     for name in ("ckpt_every", "stop_at_step", "progress_every", "sleep_per_step"):
         if getattr(args, name) < 0:
             raise ConfigError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(args, name)}")
+
+
+def as_flags(options: dict) -> list[str]:
+    """``{"batch_size": 8, "amp": True, "size": [48, 64]}`` -> ``--batch-size 8 --amp --size 48 64``
+    (False and None are left out)."""
+    out = []
+    for key, value in options.items():
+        flag = "--" + key.replace("_", "-")
+        if value is True:
+            out.append(flag)
+        elif value is False or value is None:
+            continue
+        elif isinstance(value, (list, tuple)):
+            out += [flag, *map(str, value)]
+        else:
+            out += [flag, str(value)]
+    return out

@@ -24,6 +24,8 @@ NOT_IDENTITY = {
     "stop_at_step": "stop early as if interrupted; running again resumes to the same end",
     "progress_every": "how often a progress line is printed off a terminal",
     "sleep_per_step": "a slow-down for tests of interruption",
+    "save_predictions": "also writes the test predictions it scores",
+    "watch_cases": "a Dice curve on a few training-pool cases, for TensorBoard only",
 }
 
 

@@ -2,7 +2,8 @@
 
 A trainer plugs in what is its own (a :class:`Trainer`: its batches, its forward pass and loss,
 what it logs, what it does after a step); the loop owns what every run shares: the learning-rate
-schedule, mixed precision, the optimizer step, logging to JSON lines / TensorBoard / console,
+schedule, mixed precision, the optimizer step, logging to JSON lines / TensorBoard (x-axis:
+optimisation steps) / console,
 checkpoints (every ``ckpt_every`` steps, at epoch ends when asked, on a stop signal and at the
 end), resume, and stopping on SIGTERM / SIGUSR1 / SIGINT or at ``stop_at_step``.
 
@@ -195,9 +196,9 @@ def fit(run: RunFolder, state: TrainState, trainer: Trainer, device: torch.devic
                     t_rate, n_rate = time.perf_counter(), 0
                     seen = step * s.images_per_step
                     log.write(step=step, epoch=epoch, images=seen, **row, lr=lr, images_per_s=rate, **evaluated)
-                    if writer is not None:
-                        for k, v in {**row, "lr": lr, "images_per_s": rate}.items():
-                            writer.add_scalar(f"{s.tb_prefix}{k}", v, seen)
+                    if writer is not None:  # x-axis: optimisation steps
+                        for k, v in {**row, "lr": lr, "images_per_s": rate, "images_seen": seen}.items():
+                            writer.add_scalar(f"{s.tb_prefix}{k}", v, step)
                     progress.update(step, loss=row["loss"])
                 else:
                     progress.update(step)

@@ -132,7 +132,10 @@ def findings(cfg: dict, stats: dict) -> list[str]:
         if init == "random" or s.get("low") is None:
             continue
         where = f"{init} init with {arch} at {f * 100:g}% labels"
-        text = f"{where}: {s['delta']:+.3f} Dice vs random (95% CI {s['low']:+.3f} to {s['high']:+.3f}, {s['paired']} paired replicates)"
+        reps = (f"{s['paired']} paired replicates" if s["paired"] > 1 else
+                "1 paired replicate: this CI covers the sampling of test subjects only, not the variation between "
+                "training runs, which the other fractions show to be larger")
+        text = f"{where}: {s['delta']:+.3f} Dice vs random (95% CI {s['low']:+.3f} to {s['high']:+.3f}, {reps})"
         (shown if excludes_zero(s) else not_shown).append(text)
     lines = ["## What this shows", ""]
     lines += [f"- {t}: the CI excludes 0." for t in shown] or ["- No init differs from random init with a 95% CI that excludes 0."]
@@ -156,7 +159,8 @@ def table_md(cfg: dict, stats: dict, rows: list[dict], header: dict) -> str:
              f"encoder `{cfg['encoder']}`, data "
              f"`{cfg['data']}`. n: replicates, each a (label seed, training seed) pair; mean and sd over them. "
              "Delta: paired difference from random init over the same replicates, with a 95% CI from a hierarchical "
-             "bootstrap (label seeds, then training seeds, then test subjects); **bold** where the CI excludes 0. "
+             "bootstrap (label seeds, then training seeds, then test subjects); **bold** where the CI excludes 0 "
+             "(with one replicate, n = 1, the CI covers the sampling of test subjects only). "
              f"Collapsed: runs in which a foreground class scored a mean Dice below {COLLAPSE}. "
              f"Labelled training volumes per fraction: {header['train_volumes']}.", ""]
     for arch in cfg["archs"]:

@@ -15,6 +15,8 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from engine import as_flags
+
 from .config import BASE_INITS, finetune_steps, per_fraction
 
 
@@ -26,21 +28,6 @@ class Run:
     argv: tuple[str, ...]        # arguments of python -m pretrain / finetune
     cell: dict = field(default_factory=dict, hash=False, compare=False)  # task, or arch/init/fraction/seeds
     needs: tuple[str, ...] = ()  # keys of runs that must finish first
-
-
-def _flags(d: dict) -> list[str]:
-    out = []
-    for k, v in d.items():
-        flag = "--" + k.replace("_", "-")
-        if v is True:
-            out.append(flag)
-        elif v is False or v is None:
-            continue
-        elif isinstance(v, (list, tuple)):
-            out += [flag, *map(str, v)]
-        else:
-            out += [flag, str(v)]
-    return out
 
 
 def split_path(cfg: dict) -> str:
@@ -74,7 +61,7 @@ def pretrain_runs(cfg: dict) -> list[Run]:
         out = pretrain_out(cfg, task)
         argv = ["--task", task, "--data", cfg["data"], "--split", split_path(cfg), "--encoder", cfg["encoder"],
                 "--epochs", str(pcfg["epochs"]), "--batch-size", str(pcfg["batch_size"]), "--out", out,
-                "--device", cfg["device"], *_flags(pcfg["args"]), *_flags(pcfg["task_args"].get(task, {}))]
+                "--device", cfg["device"], *as_flags(pcfg["args"]), *as_flags(pcfg["task_args"].get(task, {}))]
         runs.append(Run("pretrain", f"pretrain/{task}", out, tuple(argv), {"task": task, "encoder": cfg["encoder"]}))
     return runs
 
@@ -97,7 +84,7 @@ def finetune_runs(cfg: dict) -> list[Run]:
                             "--split", split_path(cfg), "--out", out, "--device", cfg["device"],
                             "--steps", str(finetune_steps(cfg, frac)),
                             "--batch-size", str(per_fraction(fcfg["batch_size"], frac, f"{cfg['config_path']}: finetune.batch_size")),
-                            *_flags(fcfg["args"]), *_flags(fcfg["arch_args"].get(arch, {}))]
+                            *as_flags(fcfg["args"]), *as_flags(fcfg["arch_args"].get(arch, {}))]
                     if init == "imagenet":
                         argv += ["--imagenet-weights", cfg["imagenet_weights"]]
                     cell = {"arch": arch, "init": init, "fraction": frac, "label_seed": label_seed, "seed": seed}

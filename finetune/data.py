@@ -6,7 +6,8 @@ test cases are used for the final evaluation only.
 
 Slice sampling (kept simple): one epoch lists every slice of the training volumes once and every
 slice that holds foreground ``fg_repeat`` times in total, then ``engine.ResumableSampler``
-shuffles that list per epoch. ``fg_repeat=1`` is uniform sampling.
+shuffles that list per epoch. ``fg_repeat=1`` is uniform sampling. A slice larger than the
+training size gives a random patch of it each time (a third of them on foreground).
 
 Augmentation is applied to a sample with probability ``aug_prob`` (the rest are seen as they
 are) and seeded per sample from ``(seed, epoch, position)``, so a run gives the same batches
@@ -72,6 +73,19 @@ def select(data_dir, split_file, fraction: float, label_seed: int, val_cases: in
     return pick(train_ids), pick(val_ids), pick(test_ids)
 
 
+def watch_cases(data_dir, split_file, fraction: float, label_seed: int, n: int) -> list:
+    """Up to ``n`` cases of the training pool outside the fraction's labelled cases (a seeded draw),
+    for a validation curve to watch: never test cases, never used to choose anything."""
+    if n <= 0:
+        return []
+    splits = scans.load_splits(split_file)
+    labelled = set(scans.select_cases(splits, fraction, label_seed))
+    rest = sorted(set(splits["train_pool"]) - labelled - set(splits["test"]))
+    pick = sorted(np.random.default_rng([int(label_seed), 4241]).permutation(rest)[:n].tolist()) if rest else []
+    by_id = {c.case_id: c for c in scans.find_cases(data_dir)}
+    return [by_id[c] for c in pick if c in by_id and by_id[c].label is not None]
+
+
 def infer_num_classes(class_names: dict | None, loaded: list[scans.LoadedCase]) -> int:
     """Number of classes: from ``dataset.json`` labels, else the largest training label + 1 (at least 2)."""
     if class_names:
@@ -93,32 +107,83 @@ class EpochPositions(torch.utils.data.Sampler):
         return len(self.sampler)
 
 
+def resample_case(c: scans.LoadedCase, axis: int, target) -> scans.LoadedCase:
+    """``c`` with its in-plane axes (all but ``axis``) resampled to ``target`` mm: image linear, label nearest."""
+    spacing = list(c.spacing)
+    for a, t in zip([a for a in (0, 1, 2) if a != axis], target):
+        spacing[a] = float(t)
+    return scans.LoadedCase(c.case_id, scans.resample_inplane(c.image, c.spacing, target, axis, 1).astype(np.float32),
+                            scans.resample_inplane(c.label, c.spacing, target, axis, 0), tuple(spacing))
+
+
+def pad_to_at_least(arr: np.ndarray, size) -> np.ndarray:
+    """Centre zero-pad the last two axes of ``arr`` to at least ``size`` (as ``scans.pad_or_crop``
+    pads); larger axes keep their length."""
+    h, w = arr.shape[-2:]
+    ph, pw = max(0, size[0] - h), max(0, size[1] - w)
+    if not ph and not pw:
+        return arr
+    pad = [(0, 0)] * (arr.ndim - 2) + [(ph // 2, ph - ph // 2), (pw // 2, pw - pw // 2)]
+    return np.pad(arr, pad)
+
+
 class TrainSlices(Dataset):
-    """Training slices of labelled volumes. Item ``(epoch, position)`` ->
-    (image float32 (1, H, W), mask int64 (H, W)), augmented with probability ``aug_prob``."""
+    """Training patches of labelled volumes. Item ``(epoch, position)`` -> (image float32 (1, H, W),
+    mask int64 (H, W)) with (H, W) = ``size``, augmented with probability ``aug_prob``.
+
+    Every slice is kept whole (centre-padded where smaller than ``size``). A slice larger than
+    ``size`` gives a random ``size`` patch each time it is drawn: with probability ``fg_patch``
+    centred on a random foreground pixel (nnU-Net forces a third of its patches onto foreground),
+    else on any pixel (clamped inside the slice), so edges and corners are drawn too. A slice no larger than ``size`` is
+    used whole: no draw, exactly the padded slice.
+    """
 
     def __init__(self, loaded: list[scans.LoadedCase], size=(48, 64), axis: int = 2, transform=None,
-                 fg_repeat: int = 1, seed: int = 0, min_len: int = 1, aug_prob: float = 1.0):
+                 fg_repeat: int = 1, seed: int = 0, min_len: int = 1, aug_prob: float = 1.0, fg_patch: float = 1 / 3):
         if fg_repeat < 1:
             raise ValueError(f"--fg-repeat must be >= 1, got {fg_repeat}")
         if not 0 <= aug_prob <= 1:
             raise ValueError(f"--aug-prob must be in [0, 1], got {aug_prob}")
-        self.slices = scans.LabelledSlices(loaded, size=size, axis=axis, transform=None)
-        labels = self.slices.stack.labels
-        fg = np.flatnonzero(labels.reshape(len(labels), -1).any(1))
-        table = np.concatenate([np.arange(len(labels))] + [fg] * (fg_repeat - 1))
+        if not 0 <= fg_patch <= 1:
+            raise ValueError(f"--fg-patch must be in [0, 1], got {fg_patch}")
+        if not loaded:
+            raise ValueError("no cases to slice")
+        self.size = tuple(size)
+        self.images, self.labels = [], []
+        for c in loaded:
+            img = pad_to_at_least(np.moveaxis(c.image, axis, 0).astype(np.float32, copy=False), self.size)
+            lab = pad_to_at_least(np.moveaxis(c.label, axis, 0).astype(np.uint8), self.size)
+            self.images += list(img)
+            self.labels += list(lab)
+        fg = np.flatnonzero([lab.any() for lab in self.labels])
+        table = np.concatenate([np.arange(len(self.labels))] + [fg] * (fg_repeat - 1))
         reps = -(-min_len // len(table))  # tiny data sets: repeat the list to fill one batch
         self.table = np.tile(table, reps)
-        self.num_slices, self.num_foreground = len(labels), len(fg)
-        self.transform, self.seed, self.aug_prob = transform, seed, aug_prob
+        self.num_slices, self.num_foreground = len(self.labels), len(fg)
+        self.num_larger = sum(i.shape != self.size for i in self.images)
+        self.transform, self.seed, self.aug_prob, self.fg_patch = transform, seed, aug_prob, fg_patch
 
     def __len__(self) -> int:
         return len(self.table)
 
+    def patch(self, i: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        """A ``size`` patch of slice ``i`` (the whole slice when it is no larger)."""
+        img, mask = self.images[i], self.labels[i]
+        (h, w), (th, tw) = img.shape, self.size
+        if (h, w) == (th, tw):
+            return img, mask
+        if rng.random() < self.fg_patch and mask.any():  # centred on a foreground pixel
+            ys, xs = np.nonzero(mask)
+            k = rng.integers(len(ys))
+            cy, cx = ys[k], xs[k]
+        else:  # centred on any pixel: clamping at the borders covers edges and corners too
+            cy, cx = rng.integers(h), rng.integers(w)
+        top, left = int(np.clip(cy - th // 2, 0, h - th)), int(np.clip(cx - tw // 2, 0, w - tw))
+        return img[top : top + th, left : left + tw], mask[top : top + th, left : left + tw]
+
     def __getitem__(self, key):
         epoch, pos = key
-        i = self.table[pos]
-        img, mask = self.slices.stack.images[i], self.slices.stack.labels[i]
+        img, mask = self.patch(self.table[pos], np.random.default_rng([self.seed, epoch, pos, 1]))
         if self.transform is not None:
             rng = np.random.default_rng([self.seed, epoch, pos])
             if rng.random() < self.aug_prob:

@@ -30,12 +30,17 @@ def centre_pad(x: torch.Tensor, size) -> tuple[torch.Tensor, tuple[int, int]]:
     return torch.nn.functional.pad(x, (left, pw - left, top, ph - top)), (top, left)
 
 
+MAX_PIXELS = 64 * 256 * 256  # pixels per forward pass: whole slices up to this size, tiles beyond
+
+
 @torch.no_grad()
 def predict_volume(model, image: np.ndarray, axis: int = 2, device="cpu", tta=(),
-                   amp: bool = False, size=(48, 64), batch_size: int = 64) -> np.ndarray:
+                   amp: bool = False, size=(48, 64), batch_size: int = 64, max_pixels: int = MAX_PIXELS) -> np.ndarray:
     """Softmax probabilities (C, X, Y, Z) of a volume (X, Y, Z) predicted slice by slice along ``axis``.
 
-    Slices are centre-padded to at least ``size`` (the training size) and cropped back.
+    Whole slices, centre-padded to at least ``size`` (the training size) and cropped back; up to
+    ``batch_size`` slices and ``max_pixels`` pixels per forward pass; a slice larger than
+    ``max_pixels`` is predicted in overlapping tiles (``predict_tiled``).
     ``tta``: slice axes (0, 1) whose flips are averaged in (only label-safe ones: the flips
     training used); empty for none. The model must be in eval mode.
     """
@@ -43,32 +48,78 @@ def predict_volume(model, image: np.ndarray, axis: int = 2, device="cpu", tta=()
     slices = torch.from_numpy(np.ascontiguousarray(np.moveaxis(image, axis, 0), dtype=np.float32))[:, None]
     h, w = slices.shape[-2:]
     slices, (top, left) = centre_pad(slices, size)
+    pixels = slices.shape[-2] * slices.shape[-1]
+    per_pass = max(1, min(batch_size, max_pixels // pixels))
     out = []
-    for x in slices.split(batch_size):
+    for x in slices.split(per_pass):
         x = x.to(device).contiguous(memory_format=torch.channels_last)
         with engine.autocast(device, amp):
-            p = model(x).float().softmax(1)
+            forward = (lambda t: predict_tiled(model, t, max_pixels)) if pixels > max_pixels else model
+            p = forward(x).float().softmax(1)
             for dim in (-2 + a for a in tta):
-                p = p + model(x.flip(dim)).float().softmax(1).flip(dim)
+                p = p + forward(x.flip(dim)).float().softmax(1).flip(dim)
             p = p / (1 + len(tta))
         out.append(p[..., top : top + h, left : left + w].cpu())
     probs = torch.cat(out).permute(1, 0, 2, 3).numpy()  # (C, slices, h, w)
     return np.moveaxis(probs, 1, axis + 1)
 
 
+def predict_scan(model, image: np.ndarray, spacing, axis: int = 2, device="cpu", tta=(), amp: bool = False,
+                 size=(48, 64), target_spacing=None) -> np.ndarray:
+    """(C, X, Y, Z) probabilities on the scan's own grid. With ``target_spacing`` (in-plane mm, the
+    run's ``--spacing``), the image is resampled to it, predicted, and the probabilities resampled
+    back (linear) before anything is scored or saved."""
+    if not target_spacing:
+        return predict_volume(model, image, axis, device, tta, amp, size)
+    small = scans.resample_inplane(image, spacing, target_spacing, axis, order=1)
+    return scans.resample_to_shape(predict_volume(model, small, axis, device, tta, amp, size), image.shape, order=1)
+
+
+def tile_starts(length: int, tile: int) -> list[int]:
+    """Starts of tiles of ``tile`` covering ``length`` with about half a tile of overlap."""
+    if length <= tile:
+        return [0]
+    n = -(-(length - tile) // (tile // 2)) + 1
+    return sorted({round(i * (length - tile) / (n - 1)) for i in range(n)})
+
+
+def predict_tiled(model, x: torch.Tensor, max_pixels: int = MAX_PIXELS) -> torch.Tensor:
+    """Logits (B, C, H, W) of large slices from square tiles of at most ``max_pixels`` pixels
+    (side a multiple of 16) overlapping by about half a tile; overlaps average the logits."""
+    side = max(16, int(max_pixels ** 0.5) // 16 * 16)
+    th, tw = min(side, x.shape[-2]), min(side, x.shape[-1])
+    total, count = None, torch.zeros(x.shape[-2:], device=x.device)
+    for top in tile_starts(x.shape[-2], th):
+        for left in tile_starts(x.shape[-1], tw):
+            y = model(x[..., top : top + th, left : left + tw]).float()
+            if total is None:
+                total = torch.zeros(*y.shape[:2], *x.shape[-2:], device=x.device)
+            total[..., top : top + th, left : left + tw] += y
+            count[top : top + th, left : left + tw] += 1
+    return total / count
+
+
 def evaluate_cases(model, loaded: list[scans.LoadedCase], num_classes: int, axis: int = 2, device="cpu",
-                   tta=(), amp: bool = False, size=(48, 64), progress: bool = False) -> tuple[list[dict], dict]:
+                   tta=(), amp: bool = False, size=(48, 64), progress: bool = False,
+                   on_prediction=None, report_every: int = 0, target_spacing=None) -> tuple[list[dict], dict]:
     """Per-case Dice/HD95 (``metrics.case_metrics`` plus ``case_id``) and their ``metrics.summarize``.
 
-    Puts the model in eval mode and restores its previous mode.
+    Puts the model in eval mode and restores its previous mode. ``on_prediction(index, labels)``,
+    if given, receives each case's predicted labels (X, Y, Z) (e.g. to save them). ``progress``:
+    a tqdm bar (on a terminal); ``report_every`` N > 0: a printed line every N cases (off one).
+    ``target_spacing``: the run's in-plane ``--spacing`` (``predict_scan``); metrics on the scan's grid.
     """
     was_training = model.training
     model.eval()
     per_case = []
     try:
-        for c in tqdm(loaded, desc="evaluating", unit="case", disable=not progress, leave=False):
-            pred = predict_volume(model, c.image, axis, device, tta, amp, size).argmax(0)
+        for i, c in enumerate(tqdm(loaded, desc="evaluating", unit="case", disable=not progress, leave=False)):
+            pred = predict_scan(model, c.image, c.spacing, axis, device, tta, amp, size, target_spacing).argmax(0)
+            if on_prediction is not None:
+                on_prediction(i, pred)
             per_case.append({"case_id": c.case_id, **case_metrics(pred, c.label, num_classes, c.spacing)})
+            if report_every and ((i + 1) % report_every == 0 or i + 1 == len(loaded)):
+                print(f"evaluating: {i + 1}/{len(loaded)} cases", flush=True)
     finally:
         model.train(was_training)
     return per_case, summarize(per_case)
@@ -92,9 +143,11 @@ def _overlay(gray: np.ndarray, labels: np.ndarray, alpha: float = 0.45) -> np.nd
 
 
 @torch.no_grad()
-def overlay_panel(model, loaded: list[scans.LoadedCase], picks, axis: int = 2, size=(48, 64), device="cpu") -> np.ndarray:
-    """uint8 image (2 * rows * H, 2 * 3 * W, 3): per picked slice, image | label overlay | prediction
-    overlay, each tile padded to ``size`` and enlarged 2x (nearest) for viewing."""
+def overlay_panel(model, loaded: list[scans.LoadedCase], picks, axis: int = 2, size=(48, 64), device="cpu",
+                  class_names: dict | None = None, target_spacing=None) -> np.ndarray:
+    """uint8 image (HWC) for TensorBoard: per picked slice, image | label | prediction (classes
+    coloured over the image), each tile padded to ``size`` and enlarged 2x (nearest); column
+    titles on top and a colour legend with the class names at the bottom."""
     was_training = model.training
     model.eval()
     rows = []
@@ -103,9 +156,35 @@ def overlay_panel(model, loaded: list[scans.LoadedCase], picks, axis: int = 2, s
             c = loaded[case_index]
             img = np.take(c.image, s, axis=axis)
             lab = np.take(c.label, s, axis=axis)
-            pred = predict_volume(model, img[..., None], 2, device, size=size)[:, :, :, 0].argmax(0)
+            in_plane = [c.spacing[a] for a in (0, 1, 2) if a != axis]
+            pred = predict_scan(model, img[..., None], (*in_plane, 1.0), 2, device, size=size,
+                                target_spacing=target_spacing)[:, :, :, 0].argmax(0)
             tiles = [_overlay(img, np.zeros_like(lab)), _overlay(img, lab), _overlay(img, pred)]
             rows.append(np.concatenate([scans.pad_or_crop(t, tuple(size)) for t in tiles], 1))
     finally:
         model.train(was_training)
-    return np.concatenate(rows, 0).repeat(2, 0).repeat(2, 1)
+    grid = np.concatenate(rows, 0).repeat(2, 0).repeat(2, 1)
+    num_classes = max(2, max(int(c.label.max()) for c in loaded) + 1)
+    return _titled(grid, ("image", "label", "prediction"), class_names, num_classes)
+
+
+def _titled(grid: np.ndarray, titles, class_names: dict | None, num_classes: int) -> np.ndarray:
+    """``grid`` with a title above each of its equal-width columns and a legend strip below."""
+    from PIL import Image, ImageDraw
+
+    h, w = grid.shape[:2]
+    band = 18
+    canvas = Image.new("RGB", (w, h + 2 * band), (255, 255, 255))
+    canvas.paste(Image.fromarray(grid), (0, band))
+    draw = ImageDraw.Draw(canvas)
+    col = w // len(titles)
+    for i, title in enumerate(titles):
+        draw.text((i * col + 4, 3), title, fill=(0, 0, 0))
+    x = 4
+    for k in range(1, num_classes):
+        colour = tuple(int(v) for v in PALETTE[(k - 1) % len(PALETTE)])
+        draw.rectangle((x, h + band + 4, x + 10, h + band + 14), fill=colour)
+        name = (class_names or {}).get(str(k)) or f"class {k}"
+        draw.text((x + 14, h + band + 3), name, fill=(0, 0, 0))
+        x += 14 + int(draw.textlength(name)) + 12
+    return np.asarray(canvas)

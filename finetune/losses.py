@@ -54,7 +54,8 @@ class SegmentationLoss(nn.Module):
 
     ``kind``: ``ce_dice`` (cross-entropy + Dice), ``focal_dice`` (focal + Dice) or ``ce``.
     ``class_weights`` (C floats or None) weight the pixel term only. forward(logits (B, C, H, W),
-    target (B, H, W)) -> (total, {"pixel": ..., "dice": ...}) with detached parts for logging.
+    target (B, H, W)) -> (total, {"ce_loss" or "focal_loss": ..., "dice_loss": ...}) with detached
+    parts for logging (``dice_loss`` is 1 - soft Dice: it falls as Dice rises).
     """
 
     def __init__(self, kind: str = "ce_dice", num_classes: int = 2, class_weights=None,
@@ -77,7 +78,8 @@ class SegmentationLoss(nn.Module):
             pixel = focal_loss(logits, target, self.focal_gamma, self.class_weights)
         else:
             pixel = F.cross_entropy(logits.float(), target, weight=self.class_weights)
+        name = "focal_loss" if self.kind == "focal_dice" else "ce_loss"
         if self.kind == "ce":
-            return pixel, {"pixel": pixel.detach()}
+            return pixel, {name: pixel.detach()}
         dice = soft_dice_loss(logits, target)
-        return pixel + self.dice_weight * dice, {"pixel": pixel.detach(), "dice": dice.detach()}
+        return pixel + self.dice_weight * dice, {name: pixel.detach(), "dice_loss": dice.detach()}

@@ -40,6 +40,7 @@ from scans.augment import segmentation_augment
 from . import data
 from .evaluate import evaluate_cases, overlay_panel, panel_slices
 from .losses import LOSSES, SegmentationLoss
+from .modelfile import save_model
 
 METRICS = "metrics.json"
 
@@ -79,15 +80,30 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
                         "none without one), none, or axes 0 1 2; never an axis whose direction defines a class")
     g.add_argument("--aug-prob", type=float, default=0.5, help="fraction of the samples that are augmented (the rest as they are)")
     g.add_argument("--fg-repeat", type=int, default=1, help="list slices with foreground N times per epoch (1: uniform)")
+    g.add_argument("--fg-patch", type=float, default=1 / 3,
+                   help="share of the patches of slices larger than --size centred on foreground (nnU-Net: a third)")
     g = p.add_argument_group("data and evaluation")
-    g.add_argument("--size", type=int, nargs=2, default=[48, 64], help="training slice size H W after pad/crop")
+    g.add_argument("--size", type=int, nargs=2, default=[48, 64],
+                   help="training patch size H W: smaller slices are centre-padded, larger ones give random patches "
+                        "(evaluation and predict use whole slices)")
+    g.add_argument("--spacing", type=float, nargs=2, default=None, metavar=("MM", "MM"),
+                   help="resample the slices' two axes (in volume axis order) to this spacing before training and "
+                        "prediction; predictions go back to each scan's own grid before scoring and saving")
     g.add_argument("--axis", type=int, default=2, help="slice axis of the volumes")
     g.add_argument("--num-classes", type=int, default=0, help="0: from dataset.json, else max training label + 1")
     g.add_argument("--val-cases", type=int, default=0,
                    help="hold N of the fraction's cases out for validation Dice (only when it has >= 5 cases)")
-    g.add_argument("--eval-every", type=int, default=200, help="validation every N steps (with --val-cases)")
+    g.add_argument("--eval-every", type=int, default=100,
+                   help="validation (--val-cases) and watch Dice (--watch-cases) every N steps")
+    g.add_argument("--watch-cases", type=int, default=3,
+                   help="a Dice curve to watch in TensorBoard (watch/dice) on N training-pool cases outside the "
+                        "labelled fraction; never test cases, never used to pick a step (changes no number)")
     g.add_argument("--tta", action="store_true", help="test-time augmentation: average in the flips of --flip-axes")
     g.add_argument("--max-test-cases", type=int, default=0, help="evaluate on the first N test cases only (tests)")
+    g.add_argument("--save-predictions", action="store_true",
+                   help="also write each test case's predicted segmentation to RUN_DIR/predictions/ in the scan's "
+                        "geometry (changes no number; for a finished run use python -m finetune.predict)")
+    scans.add_normalization_args(p)
     return p
 
 
@@ -124,7 +140,7 @@ def slice_flip_axes(args) -> tuple[int, ...]:
 
 def check_args(args) -> None:
     engine.check_runtime_args(args)
-    for name in ("steps", "freeze_encoder_steps", "max_test_cases", "val_cases", "num_classes"):
+    for name in ("steps", "freeze_encoder_steps", "max_test_cases", "val_cases", "watch_cases", "num_classes"):
         if getattr(args, name) < 0:
             raise engine.ConfigError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(args, name)}")
     for name in ("batch_size", "eval_every"):
@@ -134,8 +150,15 @@ def check_args(args) -> None:
         raise engine.ConfigError(f"--warmup-fraction must be in [0, 1), got {args.warmup_fraction}")
     if args.axis not in (0, 1, 2):
         raise engine.ConfigError(f"--axis must be 0, 1 or 2, got {args.axis}")
+    scans.normalization_of(args)  # ValueError for --window without --norm ct and the reverse
+    if args.spacing and min(args.spacing) <= 0:
+        raise engine.ConfigError(f"--spacing must be > 0 mm, got {args.spacing}")
     if args.imagenet_weights and args.init != "imagenet":
         raise engine.ConfigError(f"--imagenet-weights is only used with --init imagenet (got --init {args.init})")
+    if args.init not in ("random", "imagenet"):
+        if not Path(args.init).is_file():
+            raise FileNotFoundError(f"--init {args.init}: no such encoder checkpoint (expected random, imagenet or PATH/encoder.pt)")
+        models.load_checkpoint_meta(args.init)  # a clear error for a training checkpoint or any other file, before anything is written
 
 
 def build_model(args, num_classes: int):
@@ -145,13 +168,14 @@ def build_model(args, num_classes: int):
         if not args.encoder:
             raise engine.ConfigError(f"--encoder is required with --init {args.init}")
         if args.init == "random":
-            return models.create_segmenter(args.arch, args.encoder, num_classes, **kw), {"init": "random", "encoder": args.encoder}
+            return (models.create_segmenter(args.arch, args.encoder, num_classes, **kw),
+                    {"init": "random", "encoder": args.encoder, "encoder_kwargs": {}})
         if not args.imagenet_weights:
             raise engine.ConfigError("--init imagenet needs --imagenet-weights FILE, a local timm weights file for "
                              f"{args.encoder!r} (nothing is downloaded)")
         model = models.create_segmenter(args.arch, args.encoder, num_classes, pretrained_file=args.imagenet_weights, **kw)
         print(f"init: ImageNet weights for {args.encoder} from {args.imagenet_weights}", flush=True)
-        return model, {"init": "imagenet", "encoder": args.encoder, "path": str(args.imagenet_weights)}
+        return model, {"init": "imagenet", "encoder": args.encoder, "encoder_kwargs": {}, "path": str(args.imagenet_weights)}
     path = Path(args.init)
     if not path.is_file():
         raise FileNotFoundError(f"--init {args.init}: no such encoder checkpoint (expected random, imagenet or PATH/encoder.pt)")
@@ -165,7 +189,7 @@ def build_model(args, num_classes: int):
     pretext = info["meta"].get("pretext", "?")
     print(f"init: loaded {info['loaded']} encoder tensors of {info['name']} (pretext {pretext}) from {path}"
           + (f"; {len(info['skipped'])} deeper tensors not used by {args.arch}" if info["skipped"] else ""), flush=True)
-    return model, {"init": "checkpoint", "encoder": meta["name"], "path": str(path), "pretext": pretext,
+    return model, {"init": "checkpoint", "encoder": meta["name"], "encoder_kwargs": enc_kwargs, "path": str(path), "pretext": pretext,
                    "loaded": info["loaded"], "skipped": len(info["skipped"]), "commit": info["meta"].get("commit")}
 
 
@@ -174,6 +198,20 @@ def set_encoder_frozen(model, frozen: bool) -> None:
     for p in model.encoder.parameters():
         p.requires_grad_(not frozen)
     model.encoder.train(not frozen and model.training)
+
+
+def class_name(class_names: dict | None, k: str) -> str:
+    """``dataset.json``'s name of class ``k`` (for example Anterior), else ``class{k}``."""
+    return (class_names or {}).get(str(k)) or f"class{k}"
+
+
+def tensorboard_hparams(args, init_info: dict) -> dict:
+    """Short, readable settings for the HPARAMS tab: init is random, imagenet or the pretext task."""
+    init = init_info["init"] if init_info["init"] != "checkpoint" else init_info.get("pretext", "checkpoint")
+    return {"arch": args.arch, "encoder": init_info["encoder"], "init": init,
+            "init_file": Path(args.init).parent.name if init_info["init"] == "checkpoint" else None,
+            "label_fraction": f"{args.fraction * 100:g}%", "label_seed": args.label_seed, "seed": args.seed,
+            "steps": args.steps, "batch_size": args.batch_size, "lr": args.lr}
 
 
 def clean(x):
@@ -188,11 +226,14 @@ def clean(x):
 
 
 class SegmentationTrainer(engine.Trainer):
-    """The fine-tuning step: segmentation loss (pixel term + Dice), encoder freezing, periodic validation."""
+    """The fine-tuning step: segmentation loss (pixel term + Dice), encoder freezing, periodic
+    validation (``val_loaded``) and watch Dice (``watch_loaded``)."""
 
-    def __init__(self, model, loss_fn, dataset, sampler, args, cuda: bool, writer, val_loaded, num_classes, device):
+    def __init__(self, model, loss_fn, dataset, sampler, args, cuda: bool, writer, val_loaded, num_classes, device,
+                 watch_loaded=()):
         self.model, self.loss_fn, self.dataset, self.sampler, self.args = model, loss_fn, dataset, sampler, args
         self.cuda, self.writer, self.val_loaded, self.num_classes, self.device = cuda, writer, val_loaded, num_classes, device
+        self.watch_loaded = list(watch_loaded)
         self.recent = deque(maxlen=50)  # the logged loss is the mean of the last 50 steps
         self.val_dice = None
 
@@ -220,16 +261,20 @@ class SegmentationTrainer(engine.Trainer):
         return {"loss": self.final_loss(), **{k: float(v) for k, v in out.items() if k != "loss"}}
 
     def evaluate(self, step):
-        if not self.val_loaded or not (step % self.args.eval_every == 0 or step == self.args.steps):
+        if not (self.val_loaded or self.watch_loaded) or not (step % self.args.eval_every == 0 or step == self.args.steps):
             return {}
-        _, val = evaluate_cases(self.model, self.val_loaded, self.num_classes, self.args.axis, self.device,
-                                amp=self.args.amp, size=self.args.size)
-        self.val_dice = val["mean_dice"]
-        seen = step * self.args.batch_size
-        self.writer.add_scalar("val/dice", self.val_dice, seen)
-        self.writer.add_scalar("val/hd95", val["mean_hd95"], seen)
-        print(f"step {step}: validation Dice {self.val_dice:.4f}", flush=True)
-        return {"val_dice": self.val_dice, "val_hd95": val["mean_hd95"]}
+        row = {}
+        for name, loaded in (("val", self.val_loaded), ("watch", self.watch_loaded)):
+            if loaded:
+                _, res = evaluate_cases(self.model, loaded, self.num_classes, self.args.axis, self.device,
+                                        amp=self.args.amp, size=self.args.size, target_spacing=self.args.spacing)
+                self.writer.add_scalar(f"{name}/dice", res["mean_dice"], step)
+                self.writer.add_scalar(f"{name}/hd95", res["mean_hd95"], step)
+                row[f"{name}_dice"], row[f"{name}_hd95"] = res["mean_dice"], res["mean_hd95"]
+        if self.val_loaded:
+            self.val_dice = row["val_dice"]
+            print(f"step {step}: validation Dice {self.val_dice:.4f}", flush=True)
+        return row
 
 
 def run(args) -> dict:
@@ -252,24 +297,33 @@ def train(args, folder: engine.RunFolder, t_start: float) -> dict:
     cuda = device.type == "cuda"
     train_cases, val_cases, test_cases = data.select(args.data, args.split, args.fraction, args.label_seed,
                                                      args.val_cases, args.max_test_cases)
+    watch = data.watch_cases(args.data, args.split, args.fraction, args.label_seed, args.watch_cases)
     flips = slice_flip_axes(args)
-    loaded = scans.load_cases(train_cases + val_cases, progress=tty)
-    train_loaded, val_loaded = loaded[: len(train_cases)], loaded[len(train_cases):]
+    norm = scans.normalization_of(args)
+    loaded = scans.load_cases(train_cases + val_cases + watch, norm=norm, progress=tty)
+    train_loaded, val_loaded = loaded[: len(train_cases)], loaded[len(train_cases): len(train_cases) + len(val_cases)]
+    watch_loaded = loaded[len(train_cases) + len(val_cases):]
     class_names = data.read_class_names(args.data)
     num_classes = args.num_classes or data.infer_num_classes(class_names, train_loaded)
     loss_fn = SegmentationLoss(args.loss, num_classes, args.class_weights, args.focal_gamma)
     engine.seed_everything(args.seed)
     model, init_info = build_model(args, num_classes)
-    dataset = data.TrainSlices(train_loaded, tuple(args.size), args.axis, segmentation_augment(args.aug, flips),
-                               args.fg_repeat, args.seed, min_len=args.batch_size, aug_prob=args.aug_prob)
+    if args.spacing:
+        train_loaded = [data.resample_case(c, args.axis, args.spacing) for c in train_loaded]
+    dataset = data.TrainSlices(train_loaded, tuple(args.size), args.axis,
+                               segmentation_augment(args.aug, flips, gamma=norm.mode != "zscore"),
+                               args.fg_repeat, args.seed, min_len=args.batch_size, aug_prob=args.aug_prob,
+                               fg_patch=args.fg_patch)
     sampler = engine.ResumableSampler(len(dataset), args.batch_size, args.seed)
     total = args.steps
 
     provenance = engine.provenance()
     engine.print_header("finetune", folder, provenance)
     print(f"train {len(train_cases)} cases ({dataset.num_slices} slices, {dataset.num_foreground} with foreground), "
-          f"val {len(val_cases)}, test {len(test_cases)}; {num_classes} classes; "
-          f"{models.count_parameters(model) / 1e6:.2f} M params; {total} steps of {args.batch_size}", flush=True)
+          f"val {len(val_cases)}, watch {len(watch)}, test {len(test_cases)}; {num_classes} classes; "
+          f"{models.count_parameters(model) / 1e6:.2f} M params; {total} steps of {args.batch_size}"
+          + (f"; {dataset.num_larger} slices larger than {args.size[0]}x{args.size[1]} give random patches"
+             if dataset.num_larger else ""), flush=True)
     model.to(device).to(memory_format=torch.channels_last)  # CPU too: U-Net +11%, TransUNet +32% images/s here
     loss_fn.to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay, foreach=True)  # foreach: a 1.5x faster optimizer step on CPU too
@@ -281,11 +335,15 @@ def train(args, folder: engine.RunFolder, t_start: float) -> dict:
                             train_cases=[c.case_id for c in train_cases], val_cases=[c.case_id for c in val_cases],
                             test_cases=[c.case_id for c in test_cases])
 
-    writer = engine.tensorboard_writer(folder.path, purge_step=state.step * args.batch_size)
+    writer = engine.tensorboard_writer(folder.path, purge_step=state.step)
+    if state.step == 0:
+        engine.write_run_text(writer, "finetune", vars(args), provenance, {"init": init_info, "identity": folder.identity,
+                              "train_cases": [c.case_id for c in train_cases], "watch_cases": [c.case_id for c in watch]})
     deterministic = torch.are_deterministic_algorithms_enabled()
     if not cuda:
         torch.use_deterministic_algorithms(True, warn_only=True)
-    trainer = SegmentationTrainer(model, loss_fn, dataset, sampler, args, cuda, writer, val_loaded, num_classes, device)
+    trainer = SegmentationTrainer(model, loss_fn, dataset, sampler, args, cuda, writer, val_loaded, num_classes, device,
+                                  watch_loaded)
     settings = engine.LoopSettings(
         total=total, per_epoch=sampler.batches_per_epoch, lr=args.lr, warmup=max(1, round(args.warmup_fraction * total)),
         images_per_step=args.batch_size, amp=args.amp, log_every=args.log_every, ckpt_every=args.ckpt_every,
@@ -297,28 +355,40 @@ def train(args, folder: engine.RunFolder, t_start: float) -> dict:
         train_time = state.elapsed()
 
         t_eval = time.time()
-        test_loaded = scans.load_cases(test_cases, progress=tty)
+        test_loaded = scans.load_cases(test_cases, norm=norm, progress=tty)
+        save = None
+        if args.save_predictions:
+            save = lambda i, pred: scans.write_segmentation(scans.read_volume(test_cases[i].image), pred,  # noqa: E731
+                                                            folder.path / "predictions")
         per_case, summary = evaluate_cases(model, test_loaded, num_classes, args.axis, device,
-                                           flips if args.tta else (), args.amp, args.size, progress=tty)
+                                           flips if args.tta else (), args.amp, args.size, progress=tty,
+                                           on_prediction=save, report_every=0 if tty else 10, target_spacing=args.spacing)
         eval_time = time.time() - t_eval
-        panel = overlay_panel(model, test_loaded, panel_slices(test_loaded, args.axis), args.axis, args.size, device)
-        seen = total * args.batch_size
-        writer.add_image("test/image_label_prediction", panel, seen, dataformats="HWC")
+        panel = overlay_panel(model, test_loaded, panel_slices(test_loaded, args.axis), args.axis, args.size, device,
+                              class_names, args.spacing)
+        writer.add_image("test/image_label_prediction", panel, total, dataformats="HWC")
         for k, v in summary["dice_per_class"].items():
-            writer.add_scalar(f"test/dice_class{k}", v, seen)
-        writer.add_scalar("test/mean_dice", summary["mean_dice"], seen)
-        hparams = {"arch": args.arch, "encoder": init_info["encoder"], "init": init_info["init"] if init_info["init"] != "checkpoint"
-                   else f"{init_info['pretext']}:{args.init}", "fraction": args.fraction, "label_seed": args.label_seed, "seed": args.seed}
-        writer.add_hparams(hparams, {"hparam/test_mean_dice": summary["mean_dice"],
-                                     "hparam/test_mean_hd95": summary["mean_hd95"]}, run_name=".")
+            writer.add_scalar(f"test/dice_{class_name(class_names, k)}", v, total)
+        writer.add_scalar("test/mean_dice", summary["mean_dice"], total)
+        writer.add_scalar("test/mean_hd95", summary["mean_hd95"], total)
+        engine.write_hparams(writer, tensorboard_hparams(args, init_info),
+                             ["test/mean_dice", "test/mean_hd95"] + (["watch/dice"] if watch else []))
+        engine.write_layout(writer, {"test Dice (one point per run)": ["test/mean_dice"],
+                                     "watch Dice (training-pool cases outside the fraction)": ["watch/dice"],
+                                     "training loss": ["train/loss"], "Dice loss": ["train/dice_loss"]},
+                            category="fine-tuning: every run")
     finally:
         writer.close()
         torch.use_deterministic_algorithms(deterministic)
 
+    save_model(folder.path, model, arch=args.arch, encoder=init_info["encoder"], encoder_kwargs=init_info["encoder_kwargs"],
+               num_classes=num_classes, class_names=class_names, axis=args.axis, size=args.size,
+               normalization=norm, flip_axes=resolve_flip_axes(args), spacing=args.spacing)
     metrics = {"status": "done", **summary, "class_names": class_names, "num_classes": num_classes,
                "cases": per_case, "train_cases": [c.case_id for c in train_cases],
                "val_cases": [c.case_id for c in val_cases], "test_cases": [c.case_id for c in test_cases],
                "val_dice": trainer.val_dice, "final_train_loss": trainer.final_loss(),
+               "watch_cases": [c.case_id for c in watch],
                "arch": args.arch, "encoder": init_info["encoder"], "init": init_info, "fraction": args.fraction,
                "label_seed": args.label_seed, "seed": args.seed, "flip_axes": list(resolve_flip_axes(args)),
                "steps": total, "params": models.count_parameters(model),
@@ -327,7 +397,7 @@ def train(args, folder: engine.RunFolder, t_start: float) -> dict:
                "device": str(device), "train_time_s": round(train_time, 2), "eval_time_s": round(eval_time, 2),
                "wall_time_s": round(train_time + eval_time, 2)}
     folder.write_result(clean(metrics))
-    per_class = ", ".join(f"{(class_names or {}).get(k, 'class ' + k)} {v:.4f}" for k, v in summary["dice_per_class"].items())
+    per_class = ", ".join(f"{class_name(class_names, k)} {v:.4f}" for k, v in summary["dice_per_class"].items())
     print(f"done: mean test Dice {summary['mean_dice']:.4f} ({per_class}), mean HD95 {summary['mean_hd95']:.2f} mm "
           f"over {len(test_cases)} test cases; {metrics['wall_time_s']:.0f} s -> {folder.path / METRICS}", flush=True)
     return engine.read_json(folder.path / METRICS)

@@ -62,10 +62,16 @@ def _read(path):
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"encoder checkpoint not found: {path}")
-    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:  # a training checkpoint (RNG states: UnpicklingError) or no torch file at all (anything)
+        ckpt = None
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
+        sibling = os.path.join(os.path.dirname(path), "encoder.pt")
+        hint = (f"; use {sibling}, the encoder its run saved" if os.path.isfile(sibling) and os.path.basename(path) != "encoder.pt"
+                else "; a run's checkpoint.pt holds the whole training state: pass the encoder.pt that python -m pretrain writes")
         raise ValueError(f"{path} is not an encoder checkpoint written by models.save_encoder "
-                         f"(expected format {FORMAT!r})")
+                         f"(format {FORMAT!r}){hint}")
     return ckpt
 
 

@@ -20,10 +20,13 @@ class DoubleConv(nn.Sequential):
 
 
 def pad_to_multiple(x, multiple):
-    """Zero-pad the bottom and right of (B, C, H, W) so H and W are multiples of `multiple`."""
+    """Zero-pad the bottom and right of (B, C, H, W) so H and W are multiples of `multiple`.
+
+    Pads (by zero pixels) even when nothing is missing: no branch on the input size, so networks
+    export to ONNX with dynamic height and width; the values are the same.
+    """
     h, w = x.shape[-2:]
-    ph, pw = (-h) % multiple, (-w) % multiple
-    return F.pad(x, (0, pw, 0, ph)) if ph or pw else x
+    return F.pad(x, (0, (-w) % multiple, 0, (-h) % multiple))
 
 
 def count_parameters(module, trainable_only=False):

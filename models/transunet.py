@@ -98,9 +98,11 @@ class TransUNet(nn.Module):
         self.head = nn.Conv2d(in_chans, num_classes, 3, padding=1)
 
     def position_embedding(self, gh, gw):
-        """(1, gh * gw, hidden): the stored grid's embedding, bilinearly resized to gh x gw."""
-        if (gh, gw) == self.grid:
-            return self.pos_embed
+        """(1, gh * gw, hidden): the stored grid's embedding, bilinearly resized to gh x gw.
+
+        Resized even at the stored size (exactly the identity there), so the network has no
+        branch on its input size and exports to ONNX with dynamic height and width.
+        """
         p = self.pos_embed.reshape(1, *self.grid, -1).permute(0, 3, 1, 2)
         p = F.interpolate(p, size=(gh, gw), mode="bilinear", align_corners=False)
         return p.flatten(2).transpose(1, 2)

@@ -80,3 +80,21 @@ def knn_accuracy(encoder, reference, query, device="cpu", k: int = 20, temperatu
     pred = votes.argmax(1)
     recalls = [(pred[yq == c] == c).float().mean().item() for c in classes if (yq == c).any()]
     return float(np.mean(recalls))
+
+
+def slice_class_name(code: int) -> str:
+    """The probe class of a slice in words: which foreground classes it shows."""
+    present = [str(c + 1) for c in range(code.bit_length()) if code >> c & 1]
+    return "classes " + "+".join(present) if present else "background only"
+
+
+@torch.no_grad()
+def write_embedding(writer, encoder, probe, device, step: int, n: int = 256) -> None:
+    """TensorBoard PROJECTOR: the probe's features (after AdaBN) of ``n`` query slices, each
+    labelled with its slice class, with the slices as sprites."""
+    (xr, _), (xq, yq) = probe
+    enc = adapted_copy(encoder, xr, device)
+    pick = torch.from_numpy(np.linspace(0, len(xq) - 1, min(n, len(xq))).round().astype(np.int64))
+    feats = features(enc, xq[pick], device)
+    writer.add_embedding(feats, metadata=[slice_class_name(int(c)) for c in yq[pick]],
+                         label_img=xq[pick].clamp(0, 1), global_step=step, tag="encoder")

@@ -29,7 +29,7 @@ import models
 import scans
 
 from . import tasks  # noqa: F401  (registers every task)
-from .probe import knn_accuracy, probe_sets
+from .probe import knn_accuracy, probe_sets, write_embedding
 from .registry import TASKS, describe_tasks, task_options
 
 SUMMARY = "summary.json"
@@ -56,6 +56,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     p.add_argument("--max-cases", type=int, default=0, help="use only the first N training-pool cases (tests)")
     for name, cls in sorted(TASKS.items()):
         cls.add_args(p.add_argument_group(f"{name} ({cls.paper})"))
+    scans.add_normalization_args(p)
     return p
 
 
@@ -81,6 +82,8 @@ def train_pool_digest(split_file) -> str | None:
 
 def check_args(args) -> None:
     engine.check_runtime_args(args)
+    if scans.normalization_of(args).mode == "zscore":  # also: ValueError for --window without --norm ct and the reverse
+        raise engine.ConfigError("--norm zscore: pretext views assume intensities in [0, 1]; use --norm percentile or ct")
     for name in ("epochs", "steps", "max_cases"):
         if getattr(args, name) < 0:
             raise engine.ConfigError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(args, name)}")
@@ -116,7 +119,7 @@ def probe_sets_of(args):
     cases = training_cases(args)
     if any(c.label is None for c in cases):
         return None
-    labelled = scans.load_cases(cases, with_label=True)
+    labelled = scans.load_cases(cases, scans.normalization_of(args), with_label=True)
     groups = scans.load_splits(args.split).get("groups") or scans.load_protocol(args.data).subjects
     return probe_sets(labelled, groups, tuple(args.size), args.axis)
 
@@ -143,7 +146,7 @@ class PretextTrainer(engine.Trainer):
         if self.writer is not None and logged and epoch_start:
             with torch.random.fork_rng(devices=[]):  # a preview must not change the training's random stream
                 views = self.task.preview(batch).float().cpu()
-            self.writer.add_images(f"pretrain/{self.args.task}/views", views, step * self.images_per_step)
+            self.writer.add_images(f"pretrain/{self.args.task}/views", views, step)
 
 
 def run(args) -> dict:
@@ -177,7 +180,8 @@ def train(args, folder: engine.RunFolder, device: torch.device, rank: int, world
     engine.seed_everything(args.seed + rank)
     cuda = device.type == "cuda"
 
-    loaded = scans.load_cases(training_cases(args), with_label=False, progress=main_proc and engine.on_terminal())
+    loaded = scans.load_cases(training_cases(args), scans.normalization_of(args), with_label=False,
+                              progress=main_proc and engine.on_terminal())
     encoder = models.create_encoder(args.encoder, in_chans=1)
     task = TASKS[args.task](args, encoder)
     model = task.model
@@ -197,24 +201,42 @@ def train(args, folder: engine.RunFolder, device: torch.device, rank: int, world
                             cases=[c.case_id for c in loaded], steps_total=total, steps_per_epoch=per_epoch,
                             knn_accuracy_start=probe and knn_accuracy(encoder, *probe, device))
     net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if cuda else None) if world > 1 else model
-    writer = engine.tensorboard_writer(folder.path) if main_proc else None
+    writer = engine.tensorboard_writer(folder.path, purge_step=state.step) if main_proc else None
+    if writer is not None and state.step == 0:
+        engine.write_run_text(writer, "pretrain", vars(args), provenance, {"identity": folder.identity, "steps_total": total})
+        if (folder.config() or {}).get("knn_accuracy_start") is not None:
+            writer.add_scalar("encoder/knn_accuracy", folder.config()["knn_accuracy_start"], 0)
     images_per_step = args.batch_size * world
     settings = engine.LoopSettings(
         total=total, per_epoch=per_epoch, lr=args.lr, warmup=max(1, int(args.warmup_fraction * total)),
         images_per_step=images_per_step, amp=args.amp, log_every=args.log_every, ckpt_every=args.ckpt_every,
         checkpoint_each_epoch=True, log_epoch_start=True, stop_at_step=args.stop_at_step,
         progress_every=args.progress_every, sleep_per_step=args.sleep_per_step,
-        tb_prefix=f"pretrain/{args.task}/", desc=f"pretrain {args.task}")
+        tb_prefix="pretrain/", desc=f"pretrain {args.task}")
     trainer = PretextTrainer(task, net, dataset, sampler, args, engine.default_workers(args.workers), cuda, writer,
                              images_per_step)
     try:
-        finished = engine.fit(folder, state, trainer, device, settings, log, writer, main=main_proc)
+        if not engine.fit(folder, state, trainer, device, settings, log, writer, main=main_proc):
+            return {"status": "interrupted", "step": state.step, "steps_total": total}
+        return finish(args, folder, task, encoder, loaded, dataset, log, state, total, per_epoch, world, probe, device,
+                      provenance, writer, main_proc)
     finally:
         if writer is not None:
             writer.close()
-    if not finished:
-        return {"status": "interrupted", "step": state.step, "steps_total": total}
 
+
+def task_hparams(args) -> dict:
+    """The settings that describe a pretraining run in TensorBoard's HPARAMS: the shared ones and the task's own."""
+    group = argparse.ArgumentParser(add_help=False).add_argument_group()
+    TASKS[args.task].add_args(group)
+    own = {a.dest: getattr(args, a.dest) for a in group._group_actions}
+    shared = {k: getattr(args, k) for k in ("task", "encoder", "epochs", "steps", "batch_size", "lr", "seed")}
+    return {k: (" ".join(map(str, v)) if isinstance(v, (list, tuple)) else v) for k, v in {**shared, **own}.items()}
+
+
+def finish(args, folder, task, encoder, loaded, dataset, log, state, total, per_epoch, world, probe, device,
+           provenance, writer, main_proc) -> dict:
+    """After the last step: the k-NN probe, encoder.pt, summary.json and the TensorBoard summaries."""
     summary = {"status": "done", "task": args.task, "encoder": args.encoder, "step": state.step, "steps_total": total,
                "final_accuracy": final_accuracy(log.rows(), total - per_epoch), "chance": task.chance,
                "slices": len(dataset), "cases": len(loaded), "world_size": world,
@@ -227,6 +249,14 @@ def train(args, folder: engine.RunFolder, device: torch.device, rank: int, world
                 "commit": provenance.get("commit"), "dirty": provenance.get("dirty"), "steps": state.step,
                 "final_accuracy": summary["final_accuracy"], **task.encoder_meta()}
         models.save_encoder(folder.path / "encoder.pt", encoder, **meta)
+        if writer is not None:
+            if summary["knn_accuracy"] is not None:
+                writer.add_scalar("encoder/knn_accuracy", summary["knn_accuracy"], state.step)
+                write_embedding(writer, encoder, probe, device, state.step)
+            engine.write_hparams(writer, task_hparams(args), ["pretrain/accuracy", "encoder/knn_accuracy"])
+            engine.write_layout(writer, {"pretext accuracy": ["pretrain/accuracy"], "pretext loss": ["pretrain/loss"],
+                                         "k-NN probe of the encoder": ["encoder/knn_accuracy"]},
+                                category="pretraining: every run")
         folder.write_result(summary)
         knn = (f"; k-NN probe {summary['knn_accuracy_start']:.3f} -> {summary['knn_accuracy']:.3f}"
                if summary["knn_accuracy"] is not None and summary["knn_accuracy_start"] is not None else "")

@@ -12,7 +12,7 @@ import cv2  # noqa: E402
 FLIPS = {0: A.VerticalFlip, 1: A.HorizontalFlip}  # slice axis 0 (rows) / 1 (columns)
 
 
-def segmentation_augment(level: str = "default", flip_axes=()) -> A.Compose | None:
+def segmentation_augment(level: str = "default", flip_axes=(), gamma: bool = True) -> A.Compose | None:
     """Label-safe flips, small rotation/scale, elastic and grid distortion, gamma, brightness/contrast.
 
     Settings stay within what keeps anatomy plausible. ``flip_axes`` are the 2D slice axes
@@ -20,7 +20,8 @@ def segmentation_augment(level: str = "default", flip_axes=()) -> A.Compose | No
     mirrored (a flip along an axis whose direction defines a class would change what the label
     means: see scans.protocol). Gamma comes before anything that could make intensities negative
     (RandomGamma on negative values gives NaN).
-    ``level``: ``none`` (no augmentation), ``light`` (flips + affine) or ``default``.
+    ``level``: ``none`` (no augmentation), ``light`` (flips + affine) or ``default``. ``gamma``:
+    False for images not in [0, 1] (z-scored), where a gamma curve is undefined.
     """
     if level == "none":
         return None
@@ -38,7 +39,7 @@ def segmentation_augment(level: str = "default", flip_axes=()) -> A.Compose | No
                 A.ElasticTransform(alpha=8, sigma=4, border_mode=cv2.BORDER_CONSTANT, fill=0, fill_mask=0),
                 A.GridDistortion(num_steps=5, distort_limit=0.15, border_mode=cv2.BORDER_CONSTANT, fill=0, fill_mask=0),
             ], p=0.3),
-            A.RandomGamma(gamma_limit=(80, 125), p=0.5),
+            *([A.RandomGamma(gamma_limit=(80, 125), p=0.5)] if gamma else []),
             A.RandomBrightnessContrast(brightness_limit=0.1, contrast_limit=0.1, p=0.5),
         ]
     return A.Compose(ops)

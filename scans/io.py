@@ -191,7 +191,26 @@ def read_dicom_series(source, window: tuple[float, float] | None = None) -> Volu
         gap = abs(position(slices[1]) - position(slices[0])) or float(getattr(first, "SliceThickness", 1.0))
     else:
         gap = float(getattr(first, "SliceThickness", 1.0))
-    return Volume(arr, (row, col, gap), np.eye(4), str(where), str(first.pixel_array.dtype))
+    return Volume(arr, (row, col, gap), dicom_affine(first, (row, col, gap)), str(where), str(first.pixel_array.dtype))
+
+
+def dicom_affine(first, spacing: tuple[float, float, float]) -> np.ndarray:
+    """4x4 voxel (row, column, slice) -> RAS mm affine of a series from its first slice (NIfTI convention).
+
+    DICOM positions are LPS: voxel (i, j, k) lies at ImagePositionPatient + i * row spacing *
+    column direction + j * column spacing * row direction + k * gap * slice normal; x and y
+    change sign for RAS. Without orientation tags: the identity scaled by the spacing.
+    """
+    aff = np.diag([*spacing, 1.0])
+    if not (hasattr(first, "ImageOrientationPatient") and hasattr(first, "ImagePositionPatient")):
+        return aff
+    o = np.asarray(first.ImageOrientationPatient, dtype=float)
+    along_row, along_col = o[:3], o[3:]
+    aff[:3, 0] = along_col * spacing[0]
+    aff[:3, 1] = along_row * spacing[1]
+    aff[:3, 2] = np.cross(along_row, along_col) * spacing[2]
+    aff[:3, 3] = np.asarray(first.ImagePositionPatient, dtype=float)
+    return np.diag([-1.0, -1.0, 1.0, 1.0]) @ aff
 
 
 def apply_window(arr: np.ndarray, centre: float, width: float) -> np.ndarray:

@@ -7,7 +7,8 @@ import numpy as np
 
 from .io import apply_window
 
-NORM_MODES = ("zscore", "minmax", "none")
+NORM_MODES = ("zscore", "minmax", "window", "none")
+NORM_PRESETS = ("percentile", "zscore", "ct")
 
 
 @dataclass(frozen=True)
@@ -16,7 +17,8 @@ class Normalization:
 
     ``window=(centre, width)`` clips first (CT in Hounsfield units), then intensities are
     clipped to the ``clip`` percentiles of the volume, then scaled: ``minmax`` to [0, 1],
-    ``zscore`` to zero mean and unit variance, ``none`` left as is.
+    ``zscore`` to zero mean and unit variance, ``window`` the window's range to [0, 1] (the same
+    scale for every volume), ``none`` left as is.
     """
 
     mode: str = "minmax"
@@ -28,6 +30,10 @@ class Normalization:
             raise ValueError(f"normalisation mode must be one of {NORM_MODES}, got {self.mode!r}")
         if self.clip is not None and not (0 <= self.clip[0] < self.clip[1] <= 100):
             raise ValueError(f"clip percentiles must satisfy 0 <= low < high <= 100, got {self.clip}")
+        if self.window is not None and self.window[1] <= 0:
+            raise ValueError(f"window width must be > 0, got {self.window[1]}")
+        if self.mode == "window" and self.window is None:
+            raise ValueError("normalisation mode 'window' needs window=(level, width)")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -51,7 +57,58 @@ def normalize(arr: np.ndarray, norm: Normalization = Normalization()) -> np.ndar
         std = float(x.std())
         if std > 0:
             x /= std
+    elif norm.mode == "window":
+        x -= norm.window[0] - norm.window[1] / 2.0
+        x /= norm.window[1]
     return x
+
+
+def add_normalization_args(parser) -> None:
+    """``--norm``, ``--window``: how every scan of a run is normalised (a setting of pretrain, finetune
+    and, through the run's model.pt, of predict)."""
+    g = parser.add_argument_group("intensity normalisation (per volume)")
+    g.add_argument("--norm", choices=NORM_PRESETS, default="percentile",
+                   help="percentile: clip to the 0.5-99.5th percentiles, scale to [0, 1] (MRI); zscore: clip the "
+                        "same, then zero mean and unit variance; ct: clip to --window, scale it to [0, 1] (CT, HU)")
+    g.add_argument("--window", type=float, nargs=2, default=None, metavar=("LEVEL", "WIDTH"),
+                   help="CT window in Hounsfield units for --norm ct, e.g. 40 400 (soft tissue)")
+
+
+def normalization_of(args) -> Normalization:
+    """The ``Normalization`` of ``--norm`` / ``--window`` (ValueError for a window without ct or ct without one)."""
+    if args.norm == "ct":
+        if not args.window:
+            raise ValueError("--norm ct needs --window LEVEL WIDTH (for example 40 400)")
+        return Normalization("window", None, tuple(args.window))
+    if args.window:
+        raise ValueError(f"--window is used with --norm ct only (got --norm {args.norm})")
+    return Normalization("zscore" if args.norm == "zscore" else "minmax", (0.5, 99.5), None)
+
+
+def resample_inplane(arr: np.ndarray, spacing, target, axis: int, order: int) -> np.ndarray:
+    """Resample the two axes other than ``axis`` from ``spacing`` (mm, 3 values) to ``target`` (mm,
+    2 values, in axis order); ``order`` 1 (linear) for images, 0 (nearest) for labels."""
+    from scipy import ndimage
+
+    in_plane = [a for a in (0, 1, 2) if a != axis]
+    factors = [1.0] * 3
+    for a, t in zip(in_plane, target):
+        factors[a] = float(spacing[a]) / float(t)
+    if all(abs(f - 1) < 1e-6 for f in factors):
+        return arr
+    return ndimage.zoom(arr, factors, order=order, mode="nearest", grid_mode=True)
+
+
+def resample_to_shape(arr: np.ndarray, shape, order: int = 1) -> np.ndarray:
+    """Resample the last three axes of ``arr`` back to ``shape`` (a prediction to its scan's grid)."""
+    from scipy import ndimage
+
+    if tuple(arr.shape[-3:]) == tuple(shape):
+        return arr
+    factors = [1.0] * (arr.ndim - 3) + [s / n for s, n in zip(shape, arr.shape[-3:])]
+    out = ndimage.zoom(arr, factors, order=order, mode="nearest", grid_mode=True)
+    assert out.shape[-3:] == tuple(shape), (out.shape, shape)
+    return out
 
 
 def pad_or_crop(img: np.ndarray, size: tuple[int, int], value: float = 0.0) -> np.ndarray:

@@ -14,7 +14,7 @@ def changed_value(action, other_file: Path) -> list[str]:
         return [flag, next(str(c) for c in action.choices if c != action.default)]
     default = action.default
     if action.nargs in (2, "+"):
-        values = default or [1.0, 2.0, 3.0]
+        values = default or [1.0, 2.0, 3.0][: action.nargs if isinstance(action.nargs, int) else 3]
         return [flag, *(str(v + 16) if isinstance(v, int) else str(v * 2) for v in values)]
     if action.type is int:
         return [flag, str((default or 0) + 1)]

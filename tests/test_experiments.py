@@ -146,3 +146,13 @@ fcntl.flock(f, fcntl.LOCK_EX)
 f.truncate(0); f.write(str(os.getpid())); f.flush()
 print("locked", flush=True)
 time.sleep(600)"""
+
+
+def test_a_grid_that_asks_for_a_missing_gpu_stops_before_starting_anything(tmp_path, small_msd, capsys, monkeypatch):
+    import torch
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    cfg = write_config(tmp_path, small_msd, device="cuda")
+    assert experiments_main(["reproduce", "--config", str(cfg)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "no CUDA device" in err and "nothing was started" in err
+    assert not (tmp_path / "runs").exists()

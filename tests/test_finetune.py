@@ -112,7 +112,7 @@ def test_segmentation_loss_kinds():
     for kind in ("ce_dice", "focal_dice", "ce"):
         loss, parts = SegmentationLoss(kind, 3, class_weights=[0.5, 1, 1])(logits, target)
         loss.backward()
-        assert torch.isfinite(loss) and "pixel" in parts and ("dice" in parts) == (kind != "ce")
+        assert torch.isfinite(loss) and ("focal_loss" if kind == "focal_dice" else "ce_loss") in parts and ("dice_loss" in parts) == (kind != "ce")
     with pytest.raises(ValueError, match="3 values"):
         SegmentationLoss("ce_dice", 3, class_weights=[1, 1])
     with pytest.raises(ValueError, match="loss"):
@@ -175,13 +175,47 @@ def test_end_to_end_cli(tiny, tmp_path):
     assert torch.load(out / "checkpoint.pt", weights_only=False)["step"] == 4
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
     events = EventAccumulator(str(out)).Reload()
-    assert {"train/loss", "train/lr", "val/dice", "test/mean_dice", "hparam/test_mean_dice"} <= set(events.Tags()["scalars"])
+    assert {"train/loss", "train/lr", "val/dice", "test/mean_dice"} <= set(events.Tags()["scalars"])
     assert "test/image_label_prediction" in events.Tags()["images"]
     assert "_hparams_/session_start_info" in events.PluginTagToContent("hparams")
+    assert (out / "model.pt").is_file() and m["watch_cases"] == []  # 100%: no pool case outside the fraction
     # the same command again: already done, same numbers, nothing touched
     files = fingerprint(out)
     assert run(args_of(*argv(data, split, out, "--val-cases", "1", "--tta"))) == m
     assert fingerprint(out) == files
+
+
+def test_tensorboard_steps_names_hparams_text_layout_and_watch_curve(tiny, tmp_path):
+    """x-axis in optimisation steps, self-explaining names, hparams without hparam/* scalars, the run's
+    command and config in TEXT, a custom-scalars layout, and a watch curve on pool cases outside the fraction."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from tensorboard.plugins.hparams import plugin_data_pb2
+    data, split = tiny
+    out = tmp_path / "run"
+    m = run(args_of(*argv(data, split, out, "--fraction", "0.5", "--eval-every", "2", "--max-test-cases", "1")))
+    splits = json.loads(split.read_text())
+    labelled = set(splits["label_fractions"]["0"]["0.5"])
+    assert m["watch_cases"] and not set(m["watch_cases"]) & (labelled | set(splits["test"]))
+    assert set(m["watch_cases"]) <= set(splits["train_pool"])
+    ev = EventAccumulator(str(out), size_guidance={"tensors": 0}).Reload()
+    scalars = set(ev.Tags()["scalars"])
+    assert {"train/loss", "train/dice_loss", "train/ce_loss", "train/images_seen", "watch/dice", "test/mean_dice",
+            "test/dice_Anterior", "test/dice_Posterior"} <= scalars
+    assert not [t for t in scalars if t.startswith("hparam")] and "train/dice" not in scalars
+    assert [e.step for e in ev.Scalars("train/loss")] == [2, 4]  # steps, not images
+    assert [e.value for e in ev.Scalars("train/images_seen")] == [16, 32]
+    assert [e.step for e in ev.Scalars("watch/dice")] == [2, 4]
+    assert {"run/command/text_summary", "run/config/text_summary", "run/commit/text_summary"} <= set(ev.Tags()["tensors"])
+    command = ev.Tensors("run/command/text_summary")[0].tensor_proto.string_val[0].decode()
+    assert "python -m finetune" in command and "--fraction 0.5" in command
+    content = ev.PluginTagToContent("hparams")["_hparams_/session_start_info"]
+    info = plugin_data_pb2.HParamsPluginData.FromString(content).session_start_info
+    assert info.hparams["init"].string_value == "random" and info.hparams["label_fraction"].string_value == "50%"
+    experiment = plugin_data_pb2.HParamsPluginData.FromString(ev.PluginTagToContent("hparams")["_hparams_/experiment"])
+    assert {mi.name.tag for mi in experiment.experiment.metric_infos} == {"test/mean_dice", "test/mean_hd95", "watch/dice"}
+    assert "custom_scalars__config__" in ev.Tags()["tensors"]
+    panel = ev.Images("test/image_label_prediction")[0]
+    assert panel.width == 3 * 2 * 64 and panel.height == 2 * 48 + 2 * 18  # one row: title band, tiles, legend
 
 
 def test_every_result_affecting_argument_is_checked_after_a_finished_run(tiny, tmp_path, capsys):
@@ -252,7 +286,7 @@ def test_imagenet_init_from_local_file(tiny, tmp_path, capsys):
     a = args_of(*argv(data, split, tmp_path / "run", "--encoder", "resnet18", "--init", "imagenet",
                       "--imagenet-weights", str(path)))
     model, info = build_model(a, 3)
-    assert info == {"init": "imagenet", "encoder": "resnet18", "path": str(path)}
+    assert info == {"init": "imagenet", "encoder": "resnet18", "encoder_kwargs": {}, "path": str(path)}
     enc = model.encoder.state_dict()
     assert torch.equal(enc["model.layer3.1.conv2.weight"], weights["layer3.1.conv2.weight"])
     assert torch.allclose(enc["model.conv1.weight"], weights["conv1.weight"].sum(1, keepdim=True))
@@ -265,6 +299,9 @@ def test_imagenet_init_from_local_file(tiny, tmp_path, capsys):
     (("--data", "/nonexistent/data"), "/nonexistent/data"),
     (("--encoder", "no_such_net"), "no_such_net"),
     (("--init", "/nonexistent/encoder.pt"), "/nonexistent/encoder.pt"),
+    (("--norm", "ct"), "--window LEVEL WIDTH"),
+    (("--window", "40", "400"), "--norm ct only"),
+    (("--spacing", "0", "1"), "--spacing must be > 0"),
 ])
 def test_bad_input_exits_2(tiny, tmp_path, capsys, change, expect):
     data, split = tiny
@@ -273,6 +310,95 @@ def test_bad_input_exits_2(tiny, tmp_path, capsys, change, expect):
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and expect in err
     assert not (out / "metrics.json").exists()
+
+
+def test_init_with_a_training_checkpoint_says_use_encoder_pt(tiny, tmp_path, capsys):
+    data, split = tiny
+    assert main(argv(data, split, tmp_path / "run", "--steps", "0", "--max-test-cases", "1")) == 0
+    (tmp_path / "pre").mkdir()
+    torch.save({"model": {}, "rng": {"numpy": np.random.get_state()}}, tmp_path / "pre" / "checkpoint.pt")
+    models.save_encoder(tmp_path / "pre" / "encoder.pt", models.create_encoder("unet_tiny"))
+    capsys.readouterr()
+    for ckpt, hint in ((tmp_path / "run" / "checkpoint.pt", "pass the encoder.pt"),
+                       (tmp_path / "pre" / "checkpoint.pt", f"use {tmp_path / 'pre' / 'encoder.pt'}")):
+        out = tmp_path / "bad"
+        assert main(argv(data, split, out, "--init", str(ckpt))) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and "not an encoder checkpoint" in err and hint in err, err
+        assert not out.exists()
+
+
+# ------------------------------------------------------------------ predict and export
+
+def _dice(pred, label, k):
+    g, q = label == k, pred == k
+    return 1.0 if g.sum() + q.sum() == 0 else 2 * (g & q).sum() / (g.sum() + q.sum())
+
+
+def test_predict_writes_what_evaluation_scored_in_the_scans_geometry(tiny, tmp_path, capsys):
+    import nibabel as nib
+    from PIL import Image
+
+    from finetune import predict
+    data, split = tiny
+    out = tmp_path / "run"
+    m = run(args_of(*argv(data, split, out, "--steps", "6", "--save-predictions")))
+    case = m["test_cases"][0]
+    image = next((data / "imagesTr").glob(f"{case}*.nii.gz"))
+    assert predict.main(["--run", str(out), "--input", str(image), "--out", str(tmp_path / "p"), "--probabilities"]) == 0
+    src, pred = nib.load(image), nib.load(tmp_path / "p" / f"{case}.nii.gz")
+    assert pred.shape == src.shape and np.allclose(pred.affine, src.affine) and pred.get_data_dtype() == np.uint8
+    labels = np.asarray(pred.dataobj)
+    assert np.array_equal(labels, np.asarray(nib.load(out / "predictions" / f"{case}.nii.gz").dataobj))
+    truth = np.asarray(nib.load(data / "labelsTr" / f"{case}.nii.gz").dataobj)
+    scored = next(c for c in m["cases"] if c["case_id"] == case)["dice"]
+    for k, d in scored.items():
+        assert _dice(labels, truth, int(k)) == pytest.approx(d, abs=1e-9)
+    probs = nib.load(tmp_path / "p" / f"{case}_probabilities.nii.gz")
+    assert probs.shape == (*src.shape, 3) and np.array_equal(np.asarray(probs.dataobj).argmax(-1), labels)
+    # a folder of NIfTI files, a PNG slice and a DICOM series
+    assert predict.main(["--run", str(out), "--input", str(data / "imagesTr"), "--out", str(tmp_path / "all")]) == 0
+    assert sorted(f.name for f in (tmp_path / "all").iterdir()) == sorted(f"{c.case_id}.nii.gz" for c in scans.find_cases(data))
+    vol = np.asarray(src.dataobj)
+    Image.fromarray(vol[:, :, vol.shape[2] // 2].astype(np.uint16)).save(tmp_path / "slice.png")
+    assert predict.main(["--run", str(out), "--input", str(tmp_path / "slice.png"), "--out", str(tmp_path / "png")]) == 0
+    assert np.array(Image.open(tmp_path / "png" / "slice.png")).shape == vol.shape[:2]
+    from test_scans import write_dicom_series
+    write_dicom_series(tmp_path / "series", vol[:, :, :6].astype(np.uint16))
+    assert predict.main(["--run", str(out), "--input", str(tmp_path / "series"), "--out", str(tmp_path / "dcm")]) == 0
+    d = nib.load(tmp_path / "dcm" / "series.nii.gz")
+    assert d.shape == (*vol.shape[:2], 6) and np.allclose(np.linalg.norm(d.affine[:3, :3], axis=0), [0.5, 0.7, 3.0])
+    # bad input: one line naming it, nothing written
+    capsys.readouterr()
+    (tmp_path / "broken.nii.gz").write_bytes(b"not a nifti")
+    assert predict.main(["--run", str(out), "--input", str(tmp_path / "broken.nii.gz"), "--out", str(tmp_path / "b")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "broken.nii.gz" in err and not (tmp_path / "b").exists()
+    assert predict.main(["--run", str(tmp_path), "--input", str(image), "--out", str(tmp_path / "b")]) == 2
+    assert "model.pt" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("arch", ["unet", "transunet"])
+def test_onnx_export_matches_pytorch(tiny, tmp_path, arch, capsys):
+    pytest.importorskip("onnxruntime")
+    import onnxruntime as ort
+
+    from finetune import export
+    from finetune.modelfile import load_model
+    data, split = tiny
+    out = tmp_path / "run"
+    run(args_of(*argv(data, split, out, "--arch", arch, "--steps", "2", "--max-test-cases", "1")))
+    assert export.main(["--run", str(out), "--out", str(tmp_path / "m.onnx")]) == 0
+    assert "max |difference|" in capsys.readouterr().out
+    model, _ = load_model(out)
+    session = ort.InferenceSession(str(tmp_path / "m.onnx"), providers=["CPUExecutionProvider"])
+    for shape in ((3, 1, 48, 64), (1, 1, 80, 57)):  # dynamic batch, height and width
+        x = np.random.default_rng(1).random(shape, dtype=np.float32)
+        with torch.no_grad():
+            want = model(torch.from_numpy(x)).numpy()
+        got = session.run(None, {"image": x})[0]
+        assert got.shape == want.shape == (shape[0], 3, *shape[2:])
+        assert np.abs(got - want).max() < 1e-4
 
 
 # ------------------------------------------------------------------ label-safe augmentation
@@ -296,7 +422,7 @@ def _ap_offsets(data_dir, flip_axes):
         return d[1], d[0]
     for epoch in range(4):
         for pos in range(len(ds)):
-            before = offset(ds.slices.stack.labels[ds.table[pos]])
+            before = offset(ds.labels[ds.table[pos]])
             if before is None or abs(before[0]) < 3 or abs(before[0]) < abs(before[1]):
                 continue  # only slices whose head and body are clearly apart along the A-P axis
             after = offset(ds[(epoch, pos)][1].numpy())
@@ -317,3 +443,50 @@ def test_augmentation_keeps_the_head_anterior_to_the_body(data_dir):
     raw, aug = _ap_offsets(data_dir, ["0", "1"])
     reversed_share = (np.sign(aug) != np.sign(raw)).mean()
     assert 0.35 < reversed_share < 0.65  # every sample is augmented here, half of them flipped
+
+
+# ------------------------------------------------------------------ any image size: patches, tiles, spacing
+
+def test_large_slices_give_patches_a_third_on_foreground_covering_the_slice():
+    from finetune.data import TrainSlices
+    yy, xx = np.mgrid[:128, :160]
+    img = np.repeat((yy * 1000 + xx).astype(np.float32)[..., None], 2, -1)  # a pixel's value says where it is
+    lab = np.zeros((128, 160, 2), np.int64)
+    lab[100:110, 20:30] = 1
+    ds = TrainSlices([scans.LoadedCase("big", img, lab, (1.0, 1.0, 1.0))], (48, 64), 2, None, seed=0)
+    assert ds.num_larger == 2 and len(ds) == 2
+    covered = np.zeros((128, 160), bool)
+    on_fg = 0
+    draws = 300
+    for epoch in range(draws):
+        x, m = ds[(epoch, 0)]
+        assert x.shape == (1, 48, 64) and m.shape == (48, 64)
+        top, left = divmod(int(x[0, 0, 0]), 1000)
+        assert np.array_equal(m.numpy(), lab[top : top + 48, left : left + 64, 0])
+        covered[top : top + 48, left : left + 64] = True
+        on_fg += int(m.any())
+    assert covered.all()  # patches cover the whole slice
+    # a third forced onto foreground, plus the random patches that happen to hit it (about 0.2 here)
+    assert 0.4 < on_fg / draws < 0.6
+    small = TrainSlices([scans.LoadedCase("small", img[:40, :50], lab[:40, :50], (1.0, 1.0, 1.0))], (48, 64), 2, None)
+    assert small.num_larger == 0 and small[(0, 0)][0].shape == (1, 48, 64)  # padded whole, as before
+
+
+def test_tiled_prediction_equals_whole_slices_for_a_pointwise_network():
+    from finetune.evaluate import predict_tiled, predict_volume
+    net = torch.nn.Conv2d(1, 3, 1).eval()
+    x = torch.randn(2, 1, 100, 130)
+    with torch.no_grad():
+        assert torch.allclose(predict_tiled(net, x, max_pixels=32 * 32), net(x), atol=1e-6)
+    vol = np.random.default_rng(0).random((100, 130, 3)).astype(np.float32)
+    np.testing.assert_allclose(predict_volume(net, vol, max_pixels=32 * 32), predict_volume(net, vol), atol=1e-6)
+
+
+def test_prediction_at_a_target_spacing_comes_back_on_the_scans_grid():
+    from finetune.evaluate import predict_scan
+    net = torch.nn.Conv2d(1, 3, 1).eval()
+    vol = np.random.default_rng(0).random((40, 52, 3)).astype(np.float32)
+    same = predict_scan(net, vol, (1.0, 1.0, 2.0), target_spacing=(1.0, 1.0))
+    np.testing.assert_allclose(same, predict_scan(net, vol, (1.0, 1.0, 2.0)), atol=0)
+    fine = predict_scan(net, vol, (0.25, 0.25, 2.0), target_spacing=(1.0, 1.0))  # predicted on a 10 x 13 grid
+    assert fine.shape == (3, 40, 52, 3) and np.allclose(fine.sum(0), 1, atol=1e-5)

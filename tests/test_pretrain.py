@@ -168,6 +168,19 @@ def test_each_task_end_to_end(task, tmp_path, split_file, capsys):
     for arch in ("unet", "transunet"):
         seg = models.create_segmenter(arch, "unet_tiny", num_classes=3)
         models.load_encoder(seg, out / "encoder.pt")
+    # TensorBoard: steps on the x-axis, the same tags for every task, k-NN probe, hparams, text, projector
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from tensorboard.plugins.hparams import plugin_data_pb2
+    ev = EventAccumulator(str(out), size_guidance={"tensors": 0}).Reload()
+    assert {"pretrain/loss", "pretrain/accuracy", "pretrain/images_seen"} <= set(ev.Tags()["scalars"])
+    assert [e.step for e in ev.Scalars("pretrain/loss")] == [1, 2, 3]
+    if res["knn_accuracy"] is not None:
+        assert [e.step for e in ev.Scalars("encoder/knn_accuracy")] == [0, 3]
+        assert (out / "projector_config.pbtxt").is_file()
+    info = plugin_data_pb2.HParamsPluginData.FromString(
+        ev.PluginTagToContent("hparams")["_hparams_/session_start_info"]).session_start_info
+    assert info.hparams["task"].string_value == task and "lr" in info.hparams
+    assert {"run/command/text_summary", "run/config/text_summary"} <= set(ev.Tags()["tensors"])
     files = fingerprint(out)
     capsys.readouterr()
     again = pretrain.run(pretrain_args(task, out, split_file))  # finished run: nothing more to do

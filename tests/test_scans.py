@@ -68,8 +68,26 @@ def test_dicom_series_sorted_by_position_with_rescale(tmp_path):
     assert v.array.shape == (8, 10, 5)
     np.testing.assert_allclose(v.array, vol * 2.0 - 100.0)
     assert v.spacing == pytest.approx((0.5, 0.7, 3.0))
+    # voxel (row 2, column 3, slice 4): LPS (3 * 0.7, 2 * 0.5, 4 * 3) -> RAS (-2.1, -1.0, 12)
+    np.testing.assert_allclose(v.affine @ [2, 3, 4, 1], [-2.1, -1.0, 12.0, 1.0])
     w = scans.read_dicom_series(tmp_path / "series", window=(1000.0, 400.0))
     assert w.array.min() >= 800 and w.array.max() <= 1200
+
+
+def test_write_segmentation_keeps_the_source_geometry(tmp_path):
+    src = tmp_path / "case_0000.nii.gz"
+    arr = np.zeros((6, 7, 5, 1), np.int16)  # a 4D file with one volume
+    aff = np.array([[0, -0.8, 0, 10], [0.9, 0, 0, -5], [0, 0, 2.5, 3], [0, 0, 0, 1]], float)
+    nib.save(nib.Nifti1Image(arr, aff), str(src))
+    vol = scans.read_volume(src)
+    labels = np.random.default_rng(0).integers(0, 3, vol.array.shape)
+    out = scans.write_segmentation(vol, labels, tmp_path / "out", probabilities=np.ones((3, *vol.array.shape)) / 3)
+    assert out.name == "case.nii.gz" and sorted(p.name for p in out.parent.iterdir()) == ["case.nii.gz", "case_probabilities.nii.gz"]
+    back = nib.load(out)
+    assert back.shape == arr.shape and np.allclose(back.affine, aff) and back.get_data_dtype() == np.uint8
+    assert np.array_equal(np.asarray(back.dataobj)[..., 0], labels)
+    with pytest.raises(ValueError, match="shape"):
+        scans.write_segmentation(vol, labels[:-1], tmp_path / "out")
 
 
 def test_dicom_mixed_series_is_an_error(tmp_path):
@@ -399,3 +417,17 @@ def test_protocol_errors_name_the_file(tmp_path):
     with pytest.raises(scans.ScanError, match=r"protocol.json: unknown keys \['subject'\]"):
         scans.load_protocol(tmp_path)
     assert scans.load_protocol(tmp_path / "nowhere") == scans.Protocol()
+
+
+def test_normalization_presets_and_ct_window():
+    import argparse
+    parse = lambda *a: scans.normalization_of(argparse.Namespace(norm=a[0], window=list(a[1:]) or None))  # noqa: E731
+    assert parse("percentile") == scans.Normalization()  # the default every earlier run used
+    assert parse("zscore").mode == "zscore"
+    ct = parse("ct", 40.0, 400.0)
+    hu = np.array([[[-1000.0, -160.0, 40.0, 240.0, 3000.0]]])
+    np.testing.assert_allclose(scans.normalize(hu, ct)[0, 0], [0, 0, 0.5, 1, 1], atol=1e-6)
+    with pytest.raises(ValueError, match="--window"):
+        parse("ct")
+    with pytest.raises(ValueError, match="--norm ct only"):
+        parse("zscore", 40.0, 400.0)
