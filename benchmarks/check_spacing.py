@@ -32,9 +32,10 @@ def upsample_dataset(src: Path, dst: Path, case_ids: set[str], factor: int) -> N
     (images linear, labels nearest; the affine scaled to match), plus dataset.json and protocol.json."""
     for sub in ("imagesTr", "labelsTr"):
         (dst / sub).mkdir(parents=True, exist_ok=True)
-    for name in ("dataset.json", scans.PROTOCOL):
-        if (src / name).is_file():
-            shutil.copy(src / name, dst / name)
+    if (src / scans.PROTOCOL).is_file():
+        shutil.copy(src / scans.PROTOCOL, dst / scans.PROTOCOL)
+    meta = json.loads((src / "dataset.json").read_text())  # class names; its file list names .nii.gz files
+    write_json(dst / "dataset.json", {k: v for k, v in meta.items() if k not in ("training", "test", "numTraining", "numTest")})
     for case in scans.find_cases(src):
         if case.case_id not in case_ids:
             continue
@@ -79,7 +80,7 @@ def main() -> None:
     write_json(split, splits)
     need = set(splits["test"]) | set(splits["train_pool"])
     up = runs / f"upsampled{a.factor}x"
-    if not (up / "labelsTr").is_dir():
+    if not (up / "dataset.json").is_file():
         upsample_dataset(src, up, need, a.factor)
     common = ["--arch", "unet", "--encoder", "unet_tiny", "--init", "random", "--fraction", str(a.fraction),
               "--label-seed", "0", "--seed", "0", "--steps", str(a.steps), "--batch-size", "32",
