@@ -183,7 +183,10 @@ class TrainSlices(Dataset):
 
     def __getitem__(self, key):
         epoch, pos = key
-        img, mask = self.patch(self.table[pos], np.random.default_rng([self.seed, epoch, pos, 1]))
+        i = self.table[pos]
+        img, mask = self.images[i], self.labels[i]
+        if img.shape != self.size:  # a random patch; slices no larger than --size need no draw
+            img, mask = self.patch(i, np.random.default_rng([self.seed, epoch, pos, 1]))
         if self.transform is not None:
             rng = np.random.default_rng([self.seed, epoch, pos])
             if rng.random() < self.aug_prob:
