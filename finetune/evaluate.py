@@ -168,23 +168,34 @@ def overlay_panel(model, loaded: list[scans.LoadedCase], picks, axis: int = 2, s
     return _titled(grid, ("image", "label", "prediction"), class_names, num_classes)
 
 
+def _font(size: int):
+    """Pillow's built-in font at ``size`` px (FreeType), or its small bitmap font without FreeType."""
+    from PIL import ImageFont
+
+    try:
+        return ImageFont.load_default(size=size)
+    except (TypeError, ImportError, OSError):
+        return ImageFont.load_default()
+
+
 def _titled(grid: np.ndarray, titles, class_names: dict | None, num_classes: int) -> np.ndarray:
-    """``grid`` with a title above each of its equal-width columns and a legend strip below."""
+    """``grid`` with a centred title above each of its equal-width columns and a legend strip below."""
     from PIL import Image, ImageDraw
 
     h, w = grid.shape[:2]
-    band = 18
+    band, font = 24, _font(15)
     canvas = Image.new("RGB", (w, h + 2 * band), (255, 255, 255))
     canvas.paste(Image.fromarray(grid), (0, band))
     draw = ImageDraw.Draw(canvas)
     col = w // len(titles)
     for i, title in enumerate(titles):
-        draw.text((i * col + 4, 3), title, fill=(0, 0, 0))
-    x = 4
+        x = i * col + max(2, (col - int(draw.textlength(title, font=font))) // 2)
+        draw.text((x, 4), title, fill=(0, 0, 0), font=font)
+    x = 6
     for k in range(1, num_classes):
         colour = tuple(int(v) for v in PALETTE[(k - 1) % len(PALETTE)])
-        draw.rectangle((x, h + band + 4, x + 10, h + band + 14), fill=colour)
+        draw.rectangle((x, h + band + 6, x + 12, h + band + 18), fill=colour)
         name = (class_names or {}).get(str(k)) or f"class {k}"
-        draw.text((x + 14, h + band + 3), name, fill=(0, 0, 0))
-        x += 14 + int(draw.textlength(name)) + 12
+        draw.text((x + 16, h + band + 4), name, fill=(0, 0, 0), font=font)
+        x += 16 + int(draw.textlength(name, font=font)) + 14
     return np.asarray(canvas)

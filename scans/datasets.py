@@ -54,20 +54,47 @@ class SliceStack:
 
 
 class UnlabelledSlices(Dataset):
-    """Slices for pretraining. Item: ``transform(image HxW float32)`` or a float32 tensor (1, H, W)."""
+    """Slices for pretraining. Item: ``transform(image HxW float32, content box)`` or a float32
+    tensor (1, H, W), H, W = ``size``.
+
+    A slice larger than ``size`` is kept whole, and each of its items is a random ``size`` window
+    of it (drawn from numpy's global generator, as the pretext views draw theirs), so pretraining
+    sees every part of large slices; smaller slices are centre-padded and draw nothing.
+    """
 
     def __init__(self, cases: list[LoadedCase], size=(48, 64), axis: int = 2, transform=None):
         self.stack = SliceStack(cases, size, axis, with_labels=False)
         self.transform = transform
+        self.whole: dict[int, tuple[np.ndarray, np.ndarray]] = {}  # stack index -> (padded slice, content box)
+        th, tw = self.stack.size
+        first = 0
+        for c in cases:
+            vol = np.moveaxis(c.image, axis, 0)
+            n, h, w = vol.shape
+            if h > th or w > tw:
+                ph, pw = max(th, h), max(tw, w)
+                box = np.array([(ph - h) // 2, (pw - w) // 2, h, w])
+                for j in range(n):
+                    self.whole[first + j] = (pad_or_crop(vol[j].astype(np.float32), (ph, pw)), box)
+            first += n
 
     def __len__(self) -> int:
         return len(self.stack)
 
+    def window(self, i: int) -> tuple[np.ndarray, np.ndarray]:
+        """A random ``size`` window of large slice ``i`` and the content box inside it."""
+        img, (ct, cl, ch, cw) = self.whole[i]
+        (h, w), (th, tw) = img.shape, self.stack.size
+        top, left = np.random.randint(h - th + 1), np.random.randint(w - tw + 1)
+        t0, l0 = max(ct, top), max(cl, left)
+        t1, l1 = min(ct + ch, top + th), min(cl + cw, left + tw)
+        return img[top : top + th, left : left + tw], np.array([t0 - top, l0 - left, t1 - t0, l1 - l0])
+
     def __getitem__(self, i: int):
-        img = self.stack.images[i]
+        img, box = self.window(i) if i in self.whole else (self.stack.images[i], self.stack.boxes[i])
         if self.transform is not None:
-            return self.transform(img, self.stack.boxes[i])
-        return torch.from_numpy(img.copy())[None]
+            return self.transform(img, box)
+        return torch.from_numpy(np.array(img, dtype=np.float32))[None]
 
 
 class LabelledSlices(Dataset):

@@ -215,7 +215,7 @@ def test_tensorboard_steps_names_hparams_text_layout_and_watch_curve(tiny, tmp_p
     assert {mi.name.tag for mi in experiment.experiment.metric_infos} == {"test/mean_dice", "test/mean_hd95", "watch/dice"}
     assert "custom_scalars__config__" in ev.Tags()["tensors"]
     panel = ev.Images("test/image_label_prediction")[0]
-    assert panel.width == 3 * 2 * 64 and panel.height == 2 * 48 + 2 * 18  # one row: title band, tiles, legend
+    assert panel.width == 3 * 2 * 64 and panel.height == 2 * 48 + 2 * 24  # one row: title band, tiles, legend
 
 
 def test_every_result_affecting_argument_is_checked_after_a_finished_run(tiny, tmp_path, capsys):

@@ -287,6 +287,28 @@ def test_datasets_types_and_shapes(small_msd):
     assert h == loaded[0].image.shape[0] and w == loaded[0].image.shape[1]
 
 
+def test_pretraining_sees_every_part_of_large_slices():
+    """Slices larger than --size give random --size windows (no centre crop): over many items the
+    windows cover every pixel; the content box stays inside the window and off the padding;
+    slices no larger than --size stay centre-padded and identical at every draw."""
+    big = np.arange(40 * 100 * 2, dtype=np.float32).reshape(40, 100, 2) + 1  # 40 < 48 high, 100 > 64 wide
+    small = np.ones((30, 50, 1), np.float32)
+    ds = scans.UnlabelledSlices([scans.LoadedCase("big", big, None, (1, 1, 1)),
+                                 scans.LoadedCase("small", small, None, (1, 1, 1))], size=(48, 64),
+                                transform=lambda img, box: (img.copy(), box))
+    np.random.seed(0)
+    seen = set()
+    for _ in range(200):
+        img, (top, left, h, w) = ds[0]
+        assert img.shape == (48, 64) and (top, h) == (4, 40) and h > 0 and w > 0
+        inside = img[top : top + h, left : left + w]
+        assert (inside > 0).all() and img.sum() == inside.sum()  # the box is exactly the content
+        seen |= set(inside.ravel().tolist())
+    assert seen == set(big[:, :, 0].ravel().tolist())
+    assert all(np.array_equal(ds[2][0], ds[2][0]) for _ in range(3))
+    assert ds[2][0].shape == (48, 64) and tuple(ds[2][1]) == (9, 7, 30, 50)
+
+
 def _centroid(m):
     ys, xs = np.nonzero(m)
     return np.array([ys.mean(), xs.mean()])
