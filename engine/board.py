@@ -33,13 +33,33 @@ def write_run_text(writer, prog: str, args: dict, provenance: dict, extra: dict 
     writer.add_text("run/config", _code(json.dumps(config, indent=1, sort_keys=True, default=str)), 0)
 
 
-def write_hparams(writer, hparams: dict, metric_tags: list[str]) -> None:
+# The HPARAMS table's columns for every kind of run. TensorBoard shows the columns of the first run
+# definition it finds in a log directory, so pretraining and fine-tuning runs declare the same ones
+# (a run leaves the other kind's empty), then their own other settings. SHOWN are ticked when the
+# tab opens (TensorBoard ticks the first five, those marked as differing first).
+COLUMNS = {"init": "", "arch": "", "label_fraction": "", "task": "", "encoder": "", "steps": 0, "epochs": 0,
+           "lr": 0.0, "batch_size": 0, "label_seed": 0, "seed": 0, "init_file": ""}
+SHOWN = ("arch", "init", "label_fraction", "task", "steps")
+METRICS = ["test/mean_dice", "test/mean_hd95", "watch/dice", "encoder/knn_accuracy", "pretrain/accuracy"]
+
+
+def write_hparams(writer, hparams: dict) -> None:
     """HPARAMS tab: this run's ``hparams`` (str, number or bool) beside the last value of each
-    scalar in ``metric_tags``, in the run's own folder."""
+    scalar in ``METRICS`` it logged, in the run's own folder; the columns are ``COLUMNS`` and then
+    the run's other settings, so a log directory of pretraining and fine-tuning runs shows both."""
+    from tensorboard.plugins.hparams.plugin_data_pb2 import HParamsPluginData
     from torch.utils.tensorboard.summary import hparams as hparams_summary
 
     values = {k: v for k, v in hparams.items() if v is not None}
-    for summary in hparams_summary(values, {tag: 0.0 for tag in metric_tags}):
+    columns = {**COLUMNS, **{k: v for k, v in values.items() if k not in COLUMNS}}
+    experiment, _, _ = hparams_summary(columns, {tag: 0.0 for tag in METRICS})
+    meta = experiment.value[0].metadata.plugin_data
+    data = HParamsPluginData.FromString(meta.content)
+    for info in data.experiment.hparam_infos:
+        info.differs = info.name in SHOWN
+    meta.content = data.SerializeToString()
+    _, start, end = hparams_summary(values, {})
+    for summary in (experiment, start, end):
         writer.file_writer.add_summary(summary)
 
 

@@ -183,7 +183,7 @@ def _titled(grid: np.ndarray, titles, class_names: dict | None, num_classes: int
     from PIL import Image, ImageDraw
 
     h, w = grid.shape[:2]
-    band, font = 24, _font(15)
+    band, font = 26, _font(15)
     canvas = Image.new("RGB", (w, h + 2 * band), (255, 255, 255))
     canvas.paste(Image.fromarray(grid), (0, band))
     draw = ImageDraw.Draw(canvas)

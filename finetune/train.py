@@ -371,8 +371,7 @@ def train(args, folder: engine.RunFolder, t_start: float) -> dict:
             writer.add_scalar(f"test/dice_{class_name(class_names, k)}", v, total)
         writer.add_scalar("test/mean_dice", summary["mean_dice"], total)
         writer.add_scalar("test/mean_hd95", summary["mean_hd95"], total)
-        engine.write_hparams(writer, tensorboard_hparams(args, init_info),
-                             ["test/mean_dice", "test/mean_hd95"] + (["watch/dice"] if watch else []))
+        engine.write_hparams(writer, tensorboard_hparams(args, init_info))
         engine.write_layout(writer, {"test Dice (one point per run)": ["test/mean_dice"],
                                      "watch Dice (training-pool cases outside the fraction)": ["watch/dice"],
                                      "training loss": ["train/loss"], "Dice loss": ["train/dice_loss"]},

@@ -253,7 +253,7 @@ def finish(args, folder, task, encoder, loaded, dataset, log, state, total, per_
             if summary["knn_accuracy"] is not None:
                 writer.add_scalar("encoder/knn_accuracy", summary["knn_accuracy"], state.step)
                 write_embedding(writer, encoder, probe, device, state.step)
-            engine.write_hparams(writer, task_hparams(args), ["pretrain/accuracy", "encoder/knn_accuracy"])
+            engine.write_hparams(writer, task_hparams(args))
             engine.write_layout(writer, {"pretext accuracy": ["pretrain/accuracy"], "pretext loss": ["pretrain/loss"],
                                          "k-NN probe of the encoder": ["encoder/knn_accuracy"]},
                                 category="pretraining: every run")

@@ -10,6 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+import engine
 import models
 import scans
 from atomicio import write_json
@@ -212,10 +213,12 @@ def test_tensorboard_steps_names_hparams_text_layout_and_watch_curve(tiny, tmp_p
     info = plugin_data_pb2.HParamsPluginData.FromString(content).session_start_info
     assert info.hparams["init"].string_value == "random" and info.hparams["label_fraction"].string_value == "50%"
     experiment = plugin_data_pb2.HParamsPluginData.FromString(ev.PluginTagToContent("hparams")["_hparams_/experiment"])
-    assert {mi.name.tag for mi in experiment.experiment.metric_infos} == {"test/mean_dice", "test/mean_hd95", "watch/dice"}
+    assert {mi.name.tag for mi in experiment.experiment.metric_infos} == set(engine.board.METRICS)
+    columns = [h.name for h in experiment.experiment.hparam_infos]
+    assert columns[:len(engine.board.COLUMNS)] == list(engine.board.COLUMNS)  # pretraining runs declare the same
     assert "custom_scalars__config__" in ev.Tags()["tensors"]
     panel = ev.Images("test/image_label_prediction")[0]
-    assert panel.width == 3 * 2 * 64 and panel.height == 2 * 48 + 2 * 24  # one row: title band, tiles, legend
+    assert panel.width == 3 * 2 * 64 and panel.height == 2 * 48 + 2 * 26  # one row: title band, tiles, legend
 
 
 def test_every_result_affecting_argument_is_checked_after_a_finished_run(tiny, tmp_path, capsys):

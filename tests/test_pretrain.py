@@ -11,6 +11,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+import engine
 import models
 import pretrain
 import scans
@@ -180,6 +181,10 @@ def test_each_task_end_to_end(task, tmp_path, split_file, capsys):
     info = plugin_data_pb2.HParamsPluginData.FromString(
         ev.PluginTagToContent("hparams")["_hparams_/session_start_info"]).session_start_info
     assert info.hparams["task"].string_value == task and "lr" in info.hparams
+    experiment = plugin_data_pb2.HParamsPluginData.FromString(
+        ev.PluginTagToContent("hparams")["_hparams_/experiment"]).experiment
+    columns = [h.name for h in experiment.hparam_infos]  # fine-tuning's columns too, then the task's own
+    assert columns[:len(engine.board.COLUMNS)] == list(engine.board.COLUMNS) and set(info.hparams) <= set(columns)
     assert {"run/command/text_summary", "run/config/text_summary"} <= set(ev.Tags()["tensors"])
     files = fingerprint(out)
     capsys.readouterr()
