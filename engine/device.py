@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import random
+from contextlib import contextmanager
 
 import numpy as np
 import torch
@@ -87,3 +88,17 @@ def to_device(batch, device: torch.device, channels_last: bool = False):
         batch = batch.to(device, non_blocking=True)
         return batch.contiguous(memory_format=torch.channels_last) if channels_last and batch.ndim == 4 else batch
     return type(batch)(to_device(b, device, channels_last) for b in batch)
+
+
+@contextmanager
+def deterministic_on_cpu(device: torch.device):
+    """Deterministic algorithms (warnings only) inside the block on the CPU, so a run and its
+    predictions repeat bit for bit; on CUDA left as they are (cuDNN picks its fast kernels).
+    The previous setting is restored on leaving."""
+    before = torch.are_deterministic_algorithms_enabled()
+    if torch.device(device).type != "cuda":
+        torch.use_deterministic_algorithms(True, warn_only=True)
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(before)

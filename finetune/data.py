@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import random
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -39,13 +40,27 @@ def read_class_names(data_dir) -> dict[str, str] | None:
     return {str(k): str(v) for k, v in labels.items()} if isinstance(labels, dict) else None
 
 
-def select(data_dir, split_file, fraction: float, label_seed: int, val_cases: int = 0, max_test_cases: int = 0):
-    """Return ``(train, val, test)`` lists of ``scans.Case`` for one run.
+@dataclass
+class Selection:
+    """The cases (``scans.Case``) of one run: labelled ``train`` and held-out ``val`` cases of the
+    fraction, ``watch`` cases of the training pool outside the fraction, and the ``test`` cases."""
+
+    train: list
+    val: list
+    watch: list
+    test: list
+
+
+def select(data_dir, split_file, fraction: float, label_seed: int, val_cases: int = 0, max_test_cases: int = 0,
+           watch_cases: int = 0) -> Selection:
+    """The cases of one run, checked against the dataset.
 
     ``label_seed`` picks the fraction's labelled volumes from the split file.
     ``val_cases`` > 0 holds that many cases (a seeded draw) out of the fraction's cases for
     validation, when the fraction has at least 5 cases and keeps at least one for training;
-    otherwise no validation. ``max_test_cases`` > 0 keeps the first N test cases (tests only).
+    otherwise no validation. ``watch_cases`` > 0: up to that many labelled cases of the training
+    pool outside the fraction (a seeded draw), for a validation curve to watch: never test cases,
+    never used to choose anything. ``max_test_cases`` > 0 keeps the first N test cases (tests only).
     """
     splits = scans.load_splits(split_file)
     train_ids = scans.select_cases(splits, fraction, label_seed)
@@ -67,23 +82,13 @@ def select(data_dir, split_file, fraction: float, label_seed: int, val_cases: in
         order = np.random.default_rng([int(label_seed), 7919]).permutation(sorted(train_ids))
         val_ids = sorted(order[:val_cases].tolist())
         train_ids = [c for c in train_ids if c not in set(val_ids)]
+    rest = sorted(set(splits["train_pool"]) - set(scans.select_cases(splits, fraction, label_seed)) - set(test_ids))
+    watch_ids = np.random.default_rng([int(label_seed), 4241]).permutation(rest)[:watch_cases].tolist() if rest else []
+    watch_ids = [c for c in watch_ids if c in by_id and by_id[c].label is not None]
     if max_test_cases > 0:
         test_ids = test_ids[:max_test_cases]
     pick = lambda ids: [by_id[c] for c in sorted(ids)]  # noqa: E731
-    return pick(train_ids), pick(val_ids), pick(test_ids)
-
-
-def watch_cases(data_dir, split_file, fraction: float, label_seed: int, n: int) -> list:
-    """Up to ``n`` cases of the training pool outside the fraction's labelled cases (a seeded draw),
-    for a validation curve to watch: never test cases, never used to choose anything."""
-    if n <= 0:
-        return []
-    splits = scans.load_splits(split_file)
-    labelled = set(scans.select_cases(splits, fraction, label_seed))
-    rest = sorted(set(splits["train_pool"]) - labelled - set(splits["test"]))
-    pick = sorted(np.random.default_rng([int(label_seed), 4241]).permutation(rest)[:n].tolist()) if rest else []
-    by_id = {c.case_id: c for c in scans.find_cases(data_dir)}
-    return [by_id[c] for c in pick if c in by_id and by_id[c].label is not None]
+    return Selection(pick(train_ids), pick(val_ids), pick(watch_ids), pick(test_ids))
 
 
 def infer_num_classes(class_names: dict | None, loaded: list[scans.LoadedCase]) -> int:
@@ -116,17 +121,6 @@ def resample_case(c: scans.LoadedCase, axis: int, target) -> scans.LoadedCase:
                             scans.resample_inplane(c.label, c.spacing, target, axis, 0), tuple(spacing))
 
 
-def pad_to_at_least(arr: np.ndarray, size) -> np.ndarray:
-    """Centre zero-pad the last two axes of ``arr`` to at least ``size`` (as ``scans.pad_or_crop``
-    pads); larger axes keep their length."""
-    h, w = arr.shape[-2:]
-    ph, pw = max(0, size[0] - h), max(0, size[1] - w)
-    if not ph and not pw:
-        return arr
-    pad = [(0, 0)] * (arr.ndim - 2) + [(ph // 2, ph - ph // 2), (pw // 2, pw - pw // 2)]
-    return np.pad(arr, pad)
-
-
 class TrainSlices(Dataset):
     """Training patches of labelled volumes. Item ``(epoch, position)`` -> (image float32 (1, H, W),
     mask int64 (H, W)) with (H, W) = ``size``, augmented with probability ``aug_prob``.
@@ -151,8 +145,8 @@ class TrainSlices(Dataset):
         self.size = tuple(size)
         self.images, self.labels = [], []
         for c in loaded:
-            img = pad_to_at_least(np.moveaxis(c.image, axis, 0).astype(np.float32, copy=False), self.size)
-            lab = pad_to_at_least(np.moveaxis(c.label, axis, 0).astype(np.uint8), self.size)
+            img = scans.pad_to_at_least(np.moveaxis(c.image, axis, 0).astype(np.float32, copy=False), self.size)
+            lab = scans.pad_to_at_least(np.moveaxis(c.label, axis, 0).astype(np.uint8), self.size)
             self.images += list(img)
             self.labels += list(lab)
         fg = np.flatnonzero([lab.any() for lab in self.labels])

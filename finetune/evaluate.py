@@ -24,10 +24,8 @@ PALETTE = np.array([[230, 25, 75], [60, 180, 75], [0, 130, 200], [255, 225, 25],
 
 def centre_pad(x: torch.Tensor, size) -> tuple[torch.Tensor, tuple[int, int]]:
     """Zero-pad (..., h, w) at the centre to at least ``size``; return it and the (top, left) offset."""
-    h, w = x.shape[-2:]
-    ph, pw = max(0, size[0] - h), max(0, size[1] - w)
-    top, left = ph // 2, pw // 2
-    return torch.nn.functional.pad(x, (left, pw - left, top, ph - top)), (top, left)
+    (top, bottom), (left, right) = scans.centre_padding(*x.shape[-2:], size)
+    return torch.nn.functional.pad(x, (left, right, top, bottom)), (top, left)
 
 
 MAX_PIXELS = 64 * 256 * 256  # pixels per forward pass: whole slices up to this size, tiles beyond

@@ -77,14 +77,9 @@ class Predictor:
     @torch.no_grad()
     def probabilities(self, volume: scans.Volume):
         image = scans.normalize(volume.array, self.spec["normalization"])
-        deterministic = torch.are_deterministic_algorithms_enabled()
-        if self.device.type != "cuda":  # as in the run's evaluation
-            torch.use_deterministic_algorithms(True, warn_only=True)
-        try:
+        with engine.deterministic_on_cpu(self.device):  # as in the run's evaluation
             return predict_scan(self.model, image, volume.spacing, self.spec["axis"], self.device, self.tta, self.amp,
                                 self.spec["size"], self.spec.get("spacing"))
-        finally:
-            torch.use_deterministic_algorithms(deterministic)
 
 
 def predict(args) -> list[Path]:

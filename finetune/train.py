@@ -295,9 +295,9 @@ def train(args, folder: engine.RunFolder, t_start: float) -> dict:
     tty = engine.on_terminal()
     device = engine.resolve_device(args.device)
     cuda = device.type == "cuda"
-    train_cases, val_cases, test_cases = data.select(args.data, args.split, args.fraction, args.label_seed,
-                                                     args.val_cases, args.max_test_cases)
-    watch = data.watch_cases(args.data, args.split, args.fraction, args.label_seed, args.watch_cases)
+    cases = data.select(args.data, args.split, args.fraction, args.label_seed, args.val_cases, args.max_test_cases,
+                        args.watch_cases)
+    train_cases, val_cases, test_cases, watch = cases.train, cases.val, cases.test, cases.watch
     flips = slice_flip_axes(args)
     norm = scans.normalization_of(args)
     loaded = scans.load_cases(train_cases + val_cases + watch, norm=norm, progress=tty)
@@ -339,9 +339,6 @@ def train(args, folder: engine.RunFolder, t_start: float) -> dict:
     if state.step == 0:
         engine.write_run_text(writer, "finetune", vars(args), provenance, {"init": init_info, "identity": folder.identity,
                               "train_cases": [c.case_id for c in train_cases], "watch_cases": [c.case_id for c in watch]})
-    deterministic = torch.are_deterministic_algorithms_enabled()
-    if not cuda:
-        torch.use_deterministic_algorithms(True, warn_only=True)
     trainer = SegmentationTrainer(model, loss_fn, dataset, sampler, args, cuda, writer, val_loaded, num_classes, device,
                                   watch_loaded)
     settings = engine.LoopSettings(
@@ -349,7 +346,7 @@ def train(args, folder: engine.RunFolder, t_start: float) -> dict:
         images_per_step=args.batch_size, amp=args.amp, log_every=args.log_every, ckpt_every=args.ckpt_every,
         stop_at_step=args.stop_at_step, progress_every=args.progress_every, sleep_per_step=args.sleep_per_step,
         tb_prefix="train/", desc=f"finetune {args.arch}")
-    try:
+    with engine.deterministic_on_cpu(device), writer:
         if not engine.fit(folder, state, trainer, device, settings, log, writer):
             return {"status": "interrupted", "step": state.step, "steps_total": total}
         train_time = state.elapsed()
@@ -376,9 +373,6 @@ def train(args, folder: engine.RunFolder, t_start: float) -> dict:
                                      "watch Dice (training-pool cases outside the fraction)": ["watch/dice"],
                                      "training loss": ["train/loss"], "Dice loss": ["train/dice_loss"]},
                             category="fine-tuning: every run")
-    finally:
-        writer.close()
-        torch.use_deterministic_algorithms(deterministic)
 
     save_model(folder.path, model, arch=args.arch, encoder=init_info["encoder"], encoder_kwargs=init_info["encoder_kwargs"],
                num_classes=num_classes, class_names=class_names, axis=args.axis, size=args.size,

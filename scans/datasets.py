@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from .preprocess import pad_or_crop
+from .preprocess import centre_padding, pad_or_crop, pad_to_at_least
 from .volumes import LoadedCase
 
 
@@ -72,10 +72,10 @@ class UnlabelledSlices(Dataset):
             vol = np.moveaxis(c.image, axis, 0)
             n, h, w = vol.shape
             if h > th or w > tw:
-                ph, pw = max(th, h), max(tw, w)
-                box = np.array([(ph - h) // 2, (pw - w) // 2, h, w])
+                (top, _), (left, _) = centre_padding(h, w, self.stack.size)
+                box = np.array([top, left, h, w])
                 for j in range(n):
-                    self.whole[first + j] = (pad_or_crop(vol[j].astype(np.float32), (ph, pw)), box)
+                    self.whole[first + j] = (pad_to_at_least(vol[j].astype(np.float32), self.stack.size), box)
             first += n
 
     def __len__(self) -> int:

@@ -111,6 +111,21 @@ def resample_to_shape(arr: np.ndarray, shape, order: int = 1) -> np.ndarray:
     return out
 
 
+def centre_padding(h: int, w: int, size) -> tuple[tuple[int, int], tuple[int, int]]:
+    """``(top, bottom), (left, right)`` padding that centres an ``h`` x ``w`` slice in at least ``size``."""
+    ph, pw = max(0, size[0] - h), max(0, size[1] - w)
+    return (ph // 2, ph - ph // 2), (pw // 2, pw - pw // 2)
+
+
+def pad_to_at_least(arr: np.ndarray, size, value: float = 0.0) -> np.ndarray:
+    """Centre-pad the last two axes of ``arr`` to at least ``size`` (as ``pad_or_crop`` pads);
+    larger axes keep their length."""
+    (top, bottom), (left, right) = centre_padding(*arr.shape[-2:], size)
+    if not (top or bottom or left or right):
+        return arr
+    return np.pad(arr, [(0, 0)] * (arr.ndim - 2) + [(top, bottom), (left, right)], constant_values=value)
+
+
 def pad_or_crop(img: np.ndarray, size: tuple[int, int], value: float = 0.0) -> np.ndarray:
     """Centre-pad (with ``value``) or centre-crop the first two axes of ``img`` to ``size``."""
     h, w = img.shape[:2]
