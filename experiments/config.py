@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import copy
 from pathlib import Path
+from types import SimpleNamespace
 
 import yaml
 
 import finetune
 import models
 import pretrain
+import scans
 from engine import ConfigError
 
 BASE_INITS = ("random", "imagenet")
@@ -32,6 +34,8 @@ DEFAULTS = {
     "label_seeds": [0],           # which labelled volumes; a list, or fraction -> list
     "train_seeds": [0],           # weights, data order, augmentation; a list, or fraction -> list
     "groups": None,               # case -> subject JSON map; default: the dataset's protocol.json
+    "norm": "percentile",         # per-volume intensity normalisation of pretraining and fine-tuning alike:
+    "window": None,               #   percentile, zscore, or ct with window [LEVEL, WIDTH] (python -m finetune --help)
     "device": "auto",
     "runs_dir": None,             # default: runs/<name>
     "pretrain_dir": None,         # default: runs/pretrain beside runs_dir (shared by configs)
@@ -115,9 +119,39 @@ def load_config(path: str | Path) -> dict:
             seeds = per_fraction(cfg[key], f, f"{p}: {key}")
             if not seeds or not all(isinstance(s, int) and s >= 0 for s in seeds) or len(set(seeds)) != len(seeds):
                 raise ConfigError(f"{p}: {key} for fraction {f} must be distinct integers >= 0, got {seeds!r}")
+    check_normalization(cfg, p)
     if cfg["groups"] and not Path(cfg["groups"]).is_file():
         raise ConfigError(f"{p}: groups file {cfg['groups']} does not exist")
     return cfg
+
+
+def check_normalization(cfg: dict, p: Path) -> None:
+    """``norm`` / ``window`` are one setting for every run of the grid (an encoder pretrained on other
+    intensities would not transfer as it should), so the per-run option blocks may not set them."""
+    blocks = {"pretrain.args": cfg["pretrain"]["args"], "finetune.args": cfg["finetune"]["args"],
+              **{f"pretrain.task_args.{t}": o for t, o in cfg["pretrain"]["task_args"].items()},
+              **{f"finetune.arch_args.{a}": o for a, o in cfg["finetune"]["arch_args"].items()}}
+    for where, options in blocks.items():
+        for k in ("norm", "window"):
+            if k in options:
+                raise ConfigError(f"{p}: {where} sets {k!r}; set it at the top of the config instead "
+                                  "(it applies to pretraining and fine-tuning alike)")
+    if cfg["norm"] not in scans.NORM_PRESETS:
+        raise ConfigError(f"{p}: norm must be one of {list(scans.NORM_PRESETS)}, got {cfg['norm']!r}")
+    window = cfg["window"]
+    if window is not None and (not isinstance(window, list) or len(window) != 2):
+        raise ConfigError(f"{p}: window is [LEVEL, WIDTH] in Hounsfield units, got {window!r}")
+    try:
+        scans.normalization_of(SimpleNamespace(norm=cfg["norm"], window=window))
+    except ValueError as e:
+        raise ConfigError(f"{p}: {e}".replace("--window", "window").replace("--norm", "norm")) from None
+
+
+def normalization_flags(cfg: dict) -> list[str]:
+    """``--norm`` / ``--window`` for every run's command line; none for the default (percentile)."""
+    if cfg["norm"] == "percentile" and not cfg["window"]:
+        return []
+    return ["--norm", cfg["norm"]] + (["--window", *(f"{float(v):g}" for v in cfg["window"])] if cfg["window"] else [])
 
 
 def per_fraction(value, fraction: float, where: str):

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from engine import as_flags
 
-from .config import BASE_INITS, finetune_steps, per_fraction
+from .config import BASE_INITS, finetune_steps, normalization_flags, per_fraction
 
 
 @dataclass(frozen=True)
@@ -50,6 +50,8 @@ def pretrain_out(cfg: dict, task: str) -> str:
     defining = {"data": cfg["data"], "split": cfg["split"], "groups": cfg.get("groups"), "encoder": cfg["encoder"],
                 "device": cfg["device"], "epochs": cfg["pretrain"]["epochs"], "batch_size": cfg["pretrain"]["batch_size"],
                 "args": cfg["pretrain"]["args"], "task_args": cfg["pretrain"]["task_args"].get(task, {})}
+    if normalization_flags(cfg):  # only when not the default, so existing encoders keep their folders
+        defining["normalization"] = normalization_flags(cfg)
     digest = hashlib.sha256(json.dumps(defining, sort_keys=True).encode()).hexdigest()[:8]
     return str(Path(cfg["pretrain_dir"]) / f"{task}_{cfg['encoder']}_{digest}")
 
@@ -61,7 +63,8 @@ def pretrain_runs(cfg: dict) -> list[Run]:
         out = pretrain_out(cfg, task)
         argv = ["--task", task, "--data", cfg["data"], "--split", split_path(cfg), "--encoder", cfg["encoder"],
                 "--epochs", str(pcfg["epochs"]), "--batch-size", str(pcfg["batch_size"]), "--out", out,
-                "--device", cfg["device"], *as_flags(pcfg["args"]), *as_flags(pcfg["task_args"].get(task, {}))]
+                "--device", cfg["device"], *normalization_flags(cfg), *as_flags(pcfg["args"]),
+                *as_flags(pcfg["task_args"].get(task, {}))]
         runs.append(Run("pretrain", f"pretrain/{task}", out, tuple(argv), {"task": task, "encoder": cfg["encoder"]}))
     return runs
 
@@ -84,7 +87,7 @@ def finetune_runs(cfg: dict) -> list[Run]:
                             "--split", split_path(cfg), "--out", out, "--device", cfg["device"],
                             "--steps", str(finetune_steps(cfg, frac)),
                             "--batch-size", str(per_fraction(fcfg["batch_size"], frac, f"{cfg['config_path']}: finetune.batch_size")),
-                            *as_flags(fcfg["args"]), *as_flags(fcfg["arch_args"].get(arch, {}))]
+                            *normalization_flags(cfg), *as_flags(fcfg["args"]), *as_flags(fcfg["arch_args"].get(arch, {}))]
                     if init == "imagenet":
                         argv += ["--imagenet-weights", cfg["imagenet_weights"]]
                     cell = {"arch": arch, "init": init, "fraction": frac, "label_seed": label_seed, "seed": seed}

@@ -189,6 +189,12 @@ def build_model(args, num_classes: int):
     pretext = info["meta"].get("pretext", "?")
     print(f"init: loaded {info['loaded']} encoder tensors of {info['name']} (pretext {pretext}) from {path}"
           + (f"; {len(info['skipped'])} deeper tensors not used by {args.arch}" if info["skipped"] else ""), flush=True)
+    pre = info["meta"].get("config") or {}
+    pre_norm = (pre.get("norm", "percentile"), [float(v) for v in pre.get("window") or []])
+    if pre_norm != (args.norm, [float(v) for v in args.window or []]):
+        window = lambda w: f" --window {w[0]:g} {w[1]:g}" if w else ""  # noqa: E731
+        print(f"note: the encoder was pretrained with --norm {pre_norm[0]}{window(pre_norm[1])}, this run normalises "
+              f"with --norm {args.norm}{window(args.window)}: its features may not transfer as they should", flush=True)
     return model, {"init": "checkpoint", "encoder": meta["name"], "encoder_kwargs": enc_kwargs, "path": str(path), "pretext": pretext,
                    "loaded": info["loaded"], "skipped": len(info["skipped"]), "commit": info["meta"].get("commit")}
 

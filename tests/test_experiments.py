@@ -51,6 +51,22 @@ def test_config_checks_keys_and_drops_imagenet_without_weights(tmp_path, small_m
     assert experiments_main(["reproduce", "--config", str(tmp_path / "missing.yaml")]) == 2
 
 
+def test_normalization_is_one_setting_of_the_whole_grid(tmp_path, small_msd):
+    default = load_config(write_config(tmp_path, small_msd))
+    ct = load_config(write_config(tmp_path, small_msd, name="ct", norm="ct", window=[40, 400]))
+    for run in pretrain_runs(ct) + finetune_runs(ct):
+        assert " ".join(run.argv).count("--norm ct --window 40 400") == 1, run.key
+    assert not any("--norm" in r.argv for r in pretrain_runs(default) + finetune_runs(default))
+    assert pretrain_runs(ct)[0].out != pretrain_runs(default)[0].out  # another encoder, another folder
+    for bad, message in [(dict(norm="ct"), "norm ct needs window LEVEL WIDTH"),
+                         (dict(norm="zscore", window=[40, 400]), "window is used with norm ct only"),
+                         (dict(norm="minmax"), "norm must be one of"),
+                         (dict(pretrain={"args": {"norm": "zscore"}}), "pretrain.args sets 'norm'; set it at the top"),
+                         (dict(finetune={"args": {"window": [1, 2]}}), "finetune.args sets 'window'")]:
+        with pytest.raises(ConfigError, match=message):
+            load_config(write_config(tmp_path, small_msd, **bad))
+
+
 def test_grid_runs_replicates_and_dependencies(tmp_path, small_msd):
     cfg = load_config(write_config(tmp_path, small_msd, label_seeds={0.5: [0, 1], 1.0: [0]}, train_seeds=[0, 1]))
     pre, ft = pretrain_runs(cfg), finetune_runs(cfg)

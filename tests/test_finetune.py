@@ -280,6 +280,17 @@ def test_init_from_encoder_checkpoint(tiny, tmp_path):
     assert main(argv(data, split, tmp_path / "y", "--init", str(path), "--encoder", "resnet18")) == 2
 
 
+def test_a_note_when_the_encoder_saw_other_intensities(tiny, tmp_path, capsys):
+    data, split = tiny
+    path = models.save_encoder(tmp_path / "encoder.pt", models.create_encoder("unet_tiny"), pretext="simclr",
+                               config={"norm": "percentile", "window": None})
+    build_model(args_of(*argv(data, split, tmp_path / "a", "--init", str(path))), 3)
+    assert "note:" not in capsys.readouterr().out
+    build_model(args_of(*argv(data, split, tmp_path / "b", "--init", str(path), "--norm", "ct", "--window", "40", "400")), 3)
+    assert ("note: the encoder was pretrained with --norm percentile, this run normalises with --norm ct --window 40 400"
+            in capsys.readouterr().out)
+
+
 def test_imagenet_init_from_local_file(tiny, tmp_path, capsys):
     import timm
     data, split = tiny
