@@ -63,7 +63,8 @@ def select(data_dir, split_file, fraction: float, label_seed: int, val_cases: in
     never used to choose anything. ``max_test_cases`` > 0 keeps the first N test cases (tests only).
     """
     splits = scans.load_splits(split_file)
-    train_ids = scans.select_cases(splits, fraction, label_seed)
+    labelled = scans.select_cases(splits, fraction, label_seed)
+    train_ids = list(labelled)
     test_ids = sorted(splits["test"])
     leak = sorted(set(train_ids) & set(test_ids))
     if leak:
@@ -82,7 +83,7 @@ def select(data_dir, split_file, fraction: float, label_seed: int, val_cases: in
         order = np.random.default_rng([int(label_seed), 7919]).permutation(sorted(train_ids))
         val_ids = sorted(order[:val_cases].tolist())
         train_ids = [c for c in train_ids if c not in set(val_ids)]
-    rest = sorted(set(splits["train_pool"]) - set(scans.select_cases(splits, fraction, label_seed)) - set(test_ids))
+    rest = sorted(set(splits["train_pool"]) - set(labelled) - set(test_ids))
     watch_ids = np.random.default_rng([int(label_seed), 4241]).permutation(rest)[:watch_cases].tolist() if rest else []
     watch_ids = [c for c in watch_ids if c in by_id and by_id[c].label is not None]
     if max_test_cases > 0:
@@ -115,7 +116,7 @@ class EpochPositions(torch.utils.data.Sampler):
 def resample_case(c: scans.LoadedCase, axis: int, target) -> scans.LoadedCase:
     """``c`` with its in-plane axes (all but ``axis``) resampled to ``target`` mm: image linear, label nearest."""
     spacing = list(c.spacing)
-    for a, t in zip([a for a in (0, 1, 2) if a != axis], target):
+    for a, t in zip(scans.in_plane_axes(axis), target):
         spacing[a] = float(t)
     return scans.LoadedCase(c.case_id, scans.resample_inplane(c.image, c.spacing, target, axis, 1).astype(np.float32),
                             scans.resample_inplane(c.label, c.spacing, target, axis, 0), tuple(spacing))

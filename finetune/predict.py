@@ -29,7 +29,7 @@ from tqdm import tqdm
 import engine
 import scans
 
-from .evaluate import predict_scan
+from .evaluate import predict_scan, slice_flips
 from .modelfile import load_model
 
 
@@ -70,9 +70,7 @@ class Predictor:
         self.device = engine.resolve_device(device)
         self.model, self.spec = load_model(run_dir, self.device)
         self.amp = amp
-        axis = self.spec["axis"]
-        in_plane = [a for a in (0, 1, 2) if a != axis]
-        self.tta = tuple(in_plane.index(a) for a in self.spec["flip_axes"] if a in in_plane) if tta else ()
+        self.tta = slice_flips(self.spec["flip_axes"], self.spec["axis"]) if tta else ()
 
     @torch.no_grad()
     def probabilities(self, volume: scans.Volume):

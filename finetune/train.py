@@ -38,7 +38,7 @@ import scans
 from scans.augment import segmentation_augment
 
 from . import data
-from .evaluate import evaluate_cases, overlay_panel, panel_slices
+from .evaluate import evaluate_cases, overlay_panel, panel_slices, slice_flips
 from .losses import LOSSES, SegmentationLoss
 from .modelfile import save_model
 
@@ -134,8 +134,7 @@ def resolve_flip_axes(args) -> tuple[int, ...]:
 
 def slice_flip_axes(args) -> tuple[int, ...]:
     """The allowed volume flip axes as axes of the 2D slices cut along ``--axis`` (the slice axis itself drops out)."""
-    in_plane = [a for a in (0, 1, 2) if a != args.axis]
-    return tuple(in_plane.index(a) for a in resolve_flip_axes(args) if a in in_plane)
+    return slice_flips(resolve_flip_axes(args), args.axis)
 
 
 def check_args(args) -> None:

@@ -3,8 +3,8 @@ from .datasets import LabelledSlices, SliceStack, UnlabelledSlices
 from .discover import Case, find_cases
 from .errors import ScanError
 from .io import Volume, read_dicom_series, read_image2d, read_nifti, read_npy, read_volume
-from .preprocess import (NORM_PRESETS, Normalization, add_normalization_args, centre_padding, normalization_of,
-                         normalize, pad_or_crop, pad_to_at_least, resample_inplane, resample_to_shape, slice_volume)
+from .preprocess import (NORM_PRESETS, Normalization, add_normalization_args, centre_padding, in_plane_axes,
+                         normalization_of, normalize, pad_or_crop, pad_to_at_least, resample_inplane, resample_to_shape, slice_volume)
 from .write import output_name, write_segmentation
 from .protocol import PROTOCOL, Protocol, consecutive_pairs, load_groups, load_protocol, subject_map
 from .splits import check_fraction, load_splits, make_splits, select_cases
@@ -13,7 +13,7 @@ from .volumes import LoadedCase, check_label, clear_cache, load_case, load_cases
 __all__ = [
     "Case", "LabelledSlices", "LoadedCase", "NORM_PRESETS", "Normalization", "PROTOCOL", "Protocol",
     "ScanError", "SliceStack", "UnlabelledSlices", "Volume", "check_fraction", "check_label", "clear_cache",
-    "consecutive_pairs", "find_cases", "load_case", "load_cases", "load_groups", "load_protocol",
+    "consecutive_pairs", "find_cases", "in_plane_axes", "load_case", "load_cases", "load_groups", "load_protocol",
     "load_splits", "make_splits", "normalize", "centre_padding", "pad_or_crop", "pad_to_at_least",
     "read_dicom_series", "read_image2d", "read_nifti", "read_npy", "read_volume", "select_cases",
     "slice_volume", "subject_map", "output_name", "write_segmentation", "add_normalization_args",

@@ -85,14 +85,18 @@ def normalization_of(args) -> Normalization:
     return Normalization("zscore" if args.norm == "zscore" else "minmax", (0.5, 99.5), None)
 
 
+def in_plane_axes(axis: int) -> list[int]:
+    """The two volume axes of a slice cut along ``axis``, in order (slice rows, slice columns)."""
+    return [a for a in (0, 1, 2) if a != axis]
+
+
 def resample_inplane(arr: np.ndarray, spacing, target, axis: int, order: int) -> np.ndarray:
     """Resample the two axes other than ``axis`` from ``spacing`` (mm, 3 values) to ``target`` (mm,
     2 values, in axis order); ``order`` 1 (linear) for images, 0 (nearest) for labels."""
     from scipy import ndimage
 
-    in_plane = [a for a in (0, 1, 2) if a != axis]
     factors = [1.0] * 3
-    for a, t in zip(in_plane, target):
+    for a, t in zip(in_plane_axes(axis), target):
         factors[a] = float(spacing[a]) / float(t)
     if all(abs(f - 1) < 1e-6 for f in factors):
         return arr
