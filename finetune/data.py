@@ -115,11 +115,9 @@ class EpochPositions(torch.utils.data.Sampler):
 
 def resample_case(c: scans.LoadedCase, axis: int, target) -> scans.LoadedCase:
     """``c`` with its in-plane axes (all but ``axis``) resampled to ``target`` mm: image linear, label nearest."""
-    spacing = list(c.spacing)
-    for a, t in zip(scans.in_plane_axes(axis), target):
-        spacing[a] = float(t)
     return scans.LoadedCase(c.case_id, scans.resample_inplane(c.image, c.spacing, target, axis, 1).astype(np.float32),
-                            scans.resample_inplane(c.label, c.spacing, target, axis, 0), tuple(spacing))
+                            scans.resample_inplane(c.label, c.spacing, target, axis, 0),
+                            scans.with_inplane_spacing(c.spacing, target, axis))
 
 
 class TrainSlices(Dataset):

@@ -218,8 +218,14 @@ def train(args, folder: engine.RunFolder, device: torch.device, rank: int, world
     try:
         if not engine.fit(folder, state, trainer, device, settings, log, writer, main=main_proc):
             return {"status": "interrupted", "step": state.step, "steps_total": total}
-        return finish(args, folder, task, encoder, loaded, dataset, log, state, total, per_epoch, world, probe, device,
-                      provenance, writer, main_proc)
+        summary = {"status": "done", "task": args.task, "encoder": args.encoder, "step": state.step,
+                   "steps_total": total, "final_accuracy": final_accuracy(log.rows(), total - per_epoch),
+                   "chance": task.chance, "slices": len(dataset), "cases": len(loaded), "world_size": world,
+                   "wall_time_s": round(state.elapsed(), 1)}
+        if main_proc:
+            write_outputs(args, folder, task, encoder, [c.case_id for c in loaded], summary, probe, device,
+                          provenance, writer)
+        return summary
     finally:
         if writer is not None:
             writer.close()
@@ -234,35 +240,28 @@ def task_hparams(args) -> dict:
     return {k: (" ".join(map(str, v)) if isinstance(v, (list, tuple)) else v) for k, v in {**shared, **own}.items()}
 
 
-def finish(args, folder, task, encoder, loaded, dataset, log, state, total, per_epoch, world, probe, device,
-           provenance, writer, main_proc) -> dict:
-    """After the last step: the k-NN probe, encoder.pt, summary.json and the TensorBoard summaries."""
-    summary = {"status": "done", "task": args.task, "encoder": args.encoder, "step": state.step, "steps_total": total,
-               "final_accuracy": final_accuracy(log.rows(), total - per_epoch), "chance": task.chance,
-               "slices": len(dataset), "cases": len(loaded), "world_size": world,
-               "wall_time_s": round(state.elapsed(), 1)}
-    if main_proc:
-        summary["knn_accuracy_start"] = (folder.config() or {}).get("knn_accuracy_start")
-        summary["knn_accuracy"] = probe and knn_accuracy(encoder, *probe, device)
-        meta = {"pretext": args.task, "data": str(args.data), "split": str(args.split),
-                "train_cases": [c.case_id for c in loaded], "config": vars(args),
-                "commit": provenance.get("commit"), "dirty": provenance.get("dirty"), "steps": state.step,
-                "final_accuracy": summary["final_accuracy"], **task.encoder_meta()}
-        models.save_encoder(folder.path / "encoder.pt", encoder, **meta)
-        if writer is not None:
-            if summary["knn_accuracy"] is not None:
-                writer.add_scalar("encoder/knn_accuracy", summary["knn_accuracy"], state.step)
-                write_embedding(writer, encoder, probe, device, state.step)
-            engine.write_hparams(writer, task_hparams(args))
-            engine.write_layout(writer, {"pretext accuracy": ["pretrain/accuracy"], "pretext loss": ["pretrain/loss"],
-                                         "k-NN probe of the encoder": ["encoder/knn_accuracy"]},
-                                category="pretraining: every run")
-        folder.write_result(summary)
-        knn = (f"; k-NN probe {summary['knn_accuracy_start']:.3f} -> {summary['knn_accuracy']:.3f}"
-               if summary["knn_accuracy"] is not None and summary["knn_accuracy_start"] is not None else "")
-        print(f"done: {args.task} accuracy {summary['final_accuracy'] or 0:.3f} over the last epoch "
-              f"(chance {task.chance:.3f}){knn} -> {folder.path / 'encoder.pt'}", flush=True)
-    return summary
+def write_outputs(args, folder, task, encoder, case_ids, summary, probe, device, provenance, writer) -> None:
+    """After the last step, on the main process: the k-NN probe (added to ``summary``), encoder.pt,
+    summary.json and the TensorBoard summaries."""
+    summary["knn_accuracy_start"] = (folder.config() or {}).get("knn_accuracy_start")
+    summary["knn_accuracy"] = probe and knn_accuracy(encoder, *probe, device)
+    meta = {"pretext": args.task, "data": str(args.data), "split": str(args.split), "train_cases": case_ids,
+            "config": vars(args), "commit": provenance.get("commit"), "dirty": provenance.get("dirty"),
+            "steps": summary["step"], "final_accuracy": summary["final_accuracy"], **task.encoder_meta()}
+    models.save_encoder(folder.path / "encoder.pt", encoder, **meta)
+    if writer is not None:
+        if summary["knn_accuracy"] is not None:
+            writer.add_scalar("encoder/knn_accuracy", summary["knn_accuracy"], summary["step"])
+            write_embedding(writer, encoder, probe, device, summary["step"])
+        engine.write_hparams(writer, task_hparams(args))
+        engine.write_layout(writer, {"pretext accuracy": ["pretrain/accuracy"], "pretext loss": ["pretrain/loss"],
+                                     "k-NN probe of the encoder": ["encoder/knn_accuracy"]},
+                            category="pretraining: every run")
+    folder.write_result(summary)
+    knn = (f"; k-NN probe {summary['knn_accuracy_start']:.3f} -> {summary['knn_accuracy']:.3f}"
+           if summary["knn_accuracy"] is not None and summary["knn_accuracy_start"] is not None else "")
+    print(f"done: {args.task} accuracy {summary['final_accuracy'] or 0:.3f} over the last epoch "
+          f"(chance {task.chance:.3f}){knn} -> {folder.path / 'encoder.pt'}", flush=True)
 
 
 def main(argv=None) -> int:

@@ -90,14 +90,20 @@ def in_plane_axes(axis: int) -> list[int]:
     return [a for a in (0, 1, 2) if a != axis]
 
 
+def with_inplane_spacing(spacing, target, axis: int) -> tuple[float, float, float]:
+    """``spacing`` (mm, 3 values) with the two axes other than ``axis`` set to ``target`` (mm, in axis order)."""
+    out = [float(s) for s in spacing]
+    for a, t in zip(in_plane_axes(axis), target):
+        out[a] = float(t)
+    return tuple(out)
+
+
 def resample_inplane(arr: np.ndarray, spacing, target, axis: int, order: int) -> np.ndarray:
     """Resample the two axes other than ``axis`` from ``spacing`` (mm, 3 values) to ``target`` (mm,
     2 values, in axis order); ``order`` 1 (linear) for images, 0 (nearest) for labels."""
     from scipy import ndimage
 
-    factors = [1.0] * 3
-    for a, t in zip(in_plane_axes(axis), target):
-        factors[a] = float(spacing[a]) / float(t)
+    factors = [float(s) / t for s, t in zip(spacing, with_inplane_spacing(spacing, target, axis))]
     if all(abs(f - 1) < 1e-6 for f in factors):
         return arr
     return ndimage.zoom(arr, factors, order=order, mode="nearest", grid_mode=True)

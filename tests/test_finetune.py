@@ -504,3 +504,19 @@ def test_prediction_at_a_target_spacing_comes_back_on_the_scans_grid():
     np.testing.assert_allclose(same, predict_scan(net, vol, (1.0, 1.0, 2.0)), atol=0)
     fine = predict_scan(net, vol, (0.25, 0.25, 2.0), target_spacing=(1.0, 1.0))  # predicted on a 10 x 13 grid
     assert fine.shape == (3, 40, 52, 3) and np.allclose(fine.sum(0), 1, atol=1e-5)
+
+
+@pytest.mark.parametrize("axis", [0, 2])
+def test_training_volumes_resample_in_plane_only_and_labels_stay_classes(axis):
+    from finetune.data import resample_case
+    spacing = [0.5, 0.5, 0.5]
+    spacing[axis] = 2.0
+    image = np.random.default_rng(0).random((40, 40, 40)).astype(np.float32)
+    label = np.zeros((40, 40, 40), np.uint8)
+    label[10:30, 10:30, 10:30] = 2
+    c = resample_case(scans.LoadedCase("case_1", image, label, tuple(spacing)), axis, (1.0, 1.0))
+    want = [20, 20, 20]
+    want[axis] = 40
+    assert c.image.shape == c.label.shape == tuple(want) and c.image.dtype == np.float32
+    assert c.spacing == tuple(2.0 if a == axis else 1.0 for a in range(3))
+    assert set(np.unique(c.label)) == {0, 2}
