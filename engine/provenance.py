@@ -17,13 +17,19 @@ NUMERIC_PACKAGES = ("torch", "torchvision", "numpy", "scipy", "opencv-python-hea
                     "albucore", "timm", "lightly")
 
 
-def git_info() -> dict:
-    """Commit hash and whether the tree has uncommitted changes (``None`` outside git)."""
+# Outputs of the project's own commands: a change there (say, results/quick written by the grid
+# before results/lowlabel runs) leaves the code as committed, so it does not make a run "dirty".
+OUTPUTS = ("results",)
+
+
+def git_info(repo: Path = REPO) -> dict:
+    """Commit hash and whether tracked files outside ``OUTPUTS`` have uncommitted changes (``None`` outside git)."""
     def git(*cmd):
-        return subprocess.run(["git", *cmd], cwd=REPO, capture_output=True, text=True, timeout=10).stdout.strip()
+        return subprocess.run(["git", *cmd], cwd=repo, capture_output=True, text=True, timeout=10).stdout.strip()
     try:
         commit = git("rev-parse", "HEAD") or None
-        dirty = bool(git("status", "--porcelain", "--untracked-files=no")) if commit else None
+        exclude = [f":(exclude){p}" for p in OUTPUTS]
+        dirty = bool(git("status", "--porcelain", "--untracked-files=no", "--", ".", *exclude)) if commit else None
     except (OSError, subprocess.SubprocessError):
         commit, dirty = None, None
     return {"commit": commit, "dirty": dirty}

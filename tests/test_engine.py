@@ -211,3 +211,22 @@ def test_progress_off_a_terminal_prints_step_rate_and_time_left(capsys):
     p.close()
     line = capsys.readouterr().out.strip()
     assert line.startswith("train: step 5/10, loss 0.25, ") and "steps/s" in line and "left" in line
+
+
+def test_dirty_means_code_changed_not_results(tmp_path):
+    from engine.provenance import git_info
+
+    def git(*cmd):
+        subprocess.run(["git", *cmd], cwd=tmp_path, check=True, capture_output=True)
+    (tmp_path / "results").mkdir()
+    (tmp_path / "results" / "table.md").write_text("old\n")
+    (tmp_path / "train.py").write_text("x = 1\n")
+    git("init", "-q")
+    git("add", ".")
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "init")
+    assert git_info(tmp_path)["dirty"] is False
+    (tmp_path / "results" / "table.md").write_text("new\n")  # an output of the project's commands
+    (tmp_path / "untracked.txt").write_text("scratch\n")
+    assert git_info(tmp_path)["dirty"] is False
+    (tmp_path / "train.py").write_text("x = 2\n")
+    assert git_info(tmp_path)["dirty"] is True
