@@ -56,11 +56,14 @@ def select(data_dir, split_file, fraction: float, label_seed: int, val_cases: in
     """The cases of one run, checked against the dataset.
 
     ``label_seed`` picks the fraction's labelled volumes from the split file.
-    ``val_cases`` > 0 holds that many cases (a seeded draw) out of the fraction's cases for
-    validation, when the fraction has at least 5 cases and keeps at least one for training;
-    otherwise no validation. ``watch_cases`` > 0: up to that many labelled cases of the training
-    pool outside the fraction (a seeded draw), for a validation curve to watch: never test cases,
-    never used to choose anything. ``max_test_cases`` > 0 keeps the first N test cases (tests only).
+    ``val_cases`` > 0 holds whole subjects (a seeded draw, by the split's ``groups``) out of the
+    fraction's cases for validation, until at least that many cases are held out, when the
+    fraction has at least 5 cases and keeps at least one subject for training; otherwise no
+    validation (the labelled budget stays the fraction's: validation comes out of it, so such a
+    run trains on fewer volumes than the fraction). ``watch_cases`` > 0: up to that many labelled
+    cases of the training pool outside the fraction and its subjects (a seeded draw), for a
+    validation curve to watch: never test cases, never used to choose anything.
+    ``max_test_cases`` > 0 keeps the first N test cases (tests only).
     """
     splits = scans.load_splits(split_file)
     labelled = scans.select_cases(splits, fraction, label_seed)
@@ -78,12 +81,19 @@ def select(data_dir, split_file, fraction: float, label_seed: int, val_cases: in
             raise scans.ScanError(by_id[cid].image, "case has no label file; fine-tuning and evaluation need labels")
     if val_cases < 0:
         raise ValueError(f"--val-cases must be >= 0, got {val_cases}")
+    subject = lambda c: (splits.get("groups") or {}).get(c, c)  # noqa: E731
     val_ids = []
     if val_cases and len(train_ids) >= 5 and len(train_ids) > val_cases:
-        order = np.random.default_rng([int(label_seed), 7919]).permutation(sorted(train_ids))
-        val_ids = sorted(order[:val_cases].tolist())
-        train_ids = [c for c in train_ids if c not in set(val_ids)]
-    rest = sorted(set(splits["train_pool"]) - set(labelled) - set(test_ids))
+        held = []
+        for sid in np.random.default_rng([int(label_seed), 7919]).permutation(sorted({subject(c) for c in train_ids})):
+            if len(held) >= val_cases:
+                break
+            held += [c for c in train_ids if subject(c) == sid]
+        if len(held) < len(train_ids):
+            val_ids = sorted(held)
+            train_ids = [c for c in train_ids if c not in set(val_ids)]
+    labelled_subjects = {subject(c) for c in labelled}
+    rest = sorted(c for c in set(splits["train_pool"]) - set(labelled) - set(test_ids) if subject(c) not in labelled_subjects)
     watch_ids = np.random.default_rng([int(label_seed), 4241]).permutation(rest)[:watch_cases].tolist() if rest else []
     watch_ids = [c for c in watch_ids if c in by_id and by_id[c].label is not None]
     if max_test_cases > 0:

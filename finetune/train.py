@@ -38,7 +38,7 @@ import scans
 from scans.augment import segmentation_augment
 
 from . import data
-from .evaluate import evaluate_cases, overlay_panel, panel_slices, slice_flips
+from .evaluate import evaluate_cases, overlay_panel, panel_slices
 from .losses import LOSSES, SegmentationLoss
 from .modelfile import save_model
 
@@ -76,8 +76,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     g.add_argument("--focal-gamma", type=float, default=2.0)
     g.add_argument("--aug", choices=("default", "light", "none"), default="default", help="augmentation level")
     g.add_argument("--flip-axes", nargs="+", default=["auto"], metavar="AXIS",
-                   help="volume axes that augmentation and --tta may flip: auto (the dataset's protocol.json; "
-                        "none without one), none, or axes 0 1 2; never an axis whose direction defines a class")
+                   help="augmentation and --tta: " + scans.FLIP_AXES_HELP)
     g.add_argument("--aug-prob", type=float, default=0.5, help="fraction of the samples that are augmented (the rest as they are)")
     g.add_argument("--fg-repeat", type=int, default=1, help="list slices with foreground N times per epoch (1: uniform)")
     g.add_argument("--fg-patch", type=float, default=1 / 3,
@@ -92,12 +91,14 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     g.add_argument("--axis", type=int, default=2, help="slice axis of the volumes")
     g.add_argument("--num-classes", type=int, default=0, help="0: from dataset.json, else max training label + 1")
     g.add_argument("--val-cases", type=int, default=0,
-                   help="hold N of the fraction's cases out for validation Dice (only when it has >= 5 cases)")
+                   help="hold whole subjects with at least N of the fraction's cases out for validation Dice "
+                        "(only when it has >= 5 cases; they come out of the fraction's training cases)")
     g.add_argument("--eval-every", type=int, default=100,
                    help="validation (--val-cases) and watch Dice (--watch-cases) every N steps")
     g.add_argument("--watch-cases", type=int, default=3,
                    help="a Dice curve to watch in TensorBoard (watch/dice) on N training-pool cases outside the "
-                        "labelled fraction; never test cases, never used to pick a step (changes no number)")
+                        "labelled fraction and its subjects; never test cases, never used to pick a step "
+                        "(changes no number)")
     g.add_argument("--tta", action="store_true", help="test-time augmentation: average in the flips of --flip-axes")
     g.add_argument("--max-test-cases", type=int, default=0, help="evaluate on the first N test cases only (tests)")
     g.add_argument("--save-predictions", action="store_true",
@@ -119,22 +120,15 @@ def run_identity(args) -> dict:
 
 def resolve_flip_axes(args) -> tuple[int, ...]:
     """Volume axes that may be flipped: ``--flip-axes`` or, for ``auto``, the dataset's protocol.json."""
-    if args.flip_axes == ["auto"]:
-        return scans.load_protocol(args.data).flip_axes if Path(args.data).is_dir() else ()
-    if args.flip_axes == ["none"]:
-        return ()
     try:
-        axes = tuple(sorted({int(a) for a in args.flip_axes}))
-    except ValueError:
-        raise engine.ConfigError(f"--flip-axes takes auto, none or volume axes 0 1 2, got {' '.join(args.flip_axes)}") from None
-    if any(a not in (0, 1, 2) for a in axes):
-        raise engine.ConfigError(f"--flip-axes takes auto, none or volume axes 0 1 2, got {' '.join(args.flip_axes)}")
-    return axes
+        return scans.resolve_flip_axes(args.flip_axes, args.data)
+    except ValueError as e:
+        raise engine.ConfigError(str(e)) from None
 
 
 def slice_flip_axes(args) -> tuple[int, ...]:
     """The allowed volume flip axes as axes of the 2D slices cut along ``--axis`` (the slice axis itself drops out)."""
-    return slice_flips(resolve_flip_axes(args), args.axis)
+    return scans.slice_flips(resolve_flip_axes(args), args.axis)
 
 
 def check_args(args) -> None:

@@ -520,3 +520,19 @@ def test_training_volumes_resample_in_plane_only_and_labels_stay_classes(axis):
     assert c.image.shape == c.label.shape == tuple(want) and c.image.dtype == np.float32
     assert c.spacing == tuple(2.0 if a == axis else 1.0 for a in range(3))
     assert set(np.unique(c.label)) == {0, 2}
+
+
+def test_validation_and_watch_cases_keep_subjects_apart(data_dir, tmp_path):
+    from finetune.data import select
+    ids = [c.case_id for c in scans.find_cases(data_dir)]
+    groups = scans.load_protocol(data_dir).subjects
+    split = tmp_path / "split.json"
+    write_json(split, scans.make_splits(ids, 0.2, 0, (0.01, 0.1, 1.0), (0, 1, 2), groups=groups))
+    for seed in (0, 1, 2):
+        full = select(data_dir, split, 1.0, seed, val_cases=5, watch_cases=3)
+        assert len(full.val) >= 5 and full.train
+        train, val = ({groups[c.case_id] for c in cases} for cases in (full.train, full.val))
+        assert not train & val  # whole subjects held out for validation
+        mid = select(data_dir, split, 0.1, seed, watch_cases=20)
+        labelled = {groups[c.case_id] for c in mid.train}
+        assert len(mid.watch) == 20 and not {groups[c.case_id] for c in mid.watch} & labelled
