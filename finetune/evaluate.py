@@ -22,12 +22,6 @@ from .metrics import case_metrics, summarize
 PALETTE = np.array([[230, 25, 75], [60, 180, 75], [0, 130, 200], [255, 225, 25], [245, 130, 48]], np.float32)
 
 
-def slice_flips(volume_axes, axis: int) -> tuple[int, ...]:
-    """Volume flip axes as axes (0, 1) of the 2D slices cut along ``axis`` (the slice axis itself drops out)."""
-    in_plane = scans.in_plane_axes(axis)
-    return tuple(in_plane.index(a) for a in volume_axes if a in in_plane)
-
-
 def centre_pad(x: torch.Tensor, size) -> tuple[torch.Tensor, tuple[int, int]]:
     """Zero-pad (..., h, w) at the centre to at least ``size``; return it and the (top, left) offset."""
     (top, bottom), (left, right) = scans.centre_padding(*x.shape[-2:], size)

@@ -29,7 +29,7 @@ from tqdm import tqdm
 import engine
 import scans
 
-from .evaluate import predict_scan, slice_flips
+from .evaluate import predict_scan
 from .modelfile import load_model
 
 
@@ -70,7 +70,7 @@ class Predictor:
         self.device = engine.resolve_device(device)
         self.model, self.spec = load_model(run_dir, self.device)
         self.amp = amp
-        self.tta = slice_flips(self.spec["flip_axes"], self.spec["axis"]) if tta else ()
+        self.tta = scans.slice_flips(self.spec["flip_axes"], self.spec["axis"]) if tta else ()
 
     @torch.no_grad()
     def probabilities(self, volume: scans.Volume):

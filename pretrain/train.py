@@ -68,6 +68,8 @@ def run_identity(args) -> dict:
     ident = engine.run_identity(vars(args), leave_out=other_tasks | {"split"})
     ident["split__train_pool_sha256"] = train_pool_digest(args.split)
     ident["device"] = args.device.split(":")[0]  # cuda:0 and cuda:1 give the same numbers
+    if "flip_axes" in ident:  # "auto" as the dataset's protocol resolves it
+        ident["flip_axes"] = list(scans.resolve_flip_axes(args.flip_axes, args.data))
     return ident
 
 

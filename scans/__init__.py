@@ -5,9 +5,10 @@ from .errors import ScanError
 from .io import Volume, read_dicom_series, read_image2d, read_nifti, read_npy, read_volume
 from .preprocess import (NORM_PRESETS, Normalization, add_normalization_args, centre_padding, in_plane_axes,
                          normalization_of, normalize, pad_or_crop, pad_to_at_least, resample_inplane,
-                         resample_to_shape, slice_volume, with_inplane_spacing)
+                         resample_to_shape, slice_flips, slice_volume, with_inplane_spacing)
 from .write import output_name, write_segmentation
-from .protocol import PROTOCOL, Protocol, consecutive_pairs, load_groups, load_protocol, subject_map
+from .protocol import (FLIP_AXES_HELP, PROTOCOL, Protocol, consecutive_pairs, load_groups, load_protocol,
+                       resolve_flip_axes, subject_map)
 from .splits import check_fraction, load_splits, make_splits, select_cases
 from .volumes import LoadedCase, check_label, clear_cache, load_case, load_cases
 
@@ -18,5 +19,6 @@ __all__ = [
     "load_splits", "make_splits", "normalize", "centre_padding", "pad_or_crop", "pad_to_at_least",
     "read_dicom_series", "read_image2d", "read_nifti", "read_npy", "read_volume", "select_cases",
     "slice_volume", "subject_map", "output_name", "write_segmentation", "add_normalization_args",
-    "normalization_of", "resample_inplane", "resample_to_shape", "with_inplane_spacing",
+    "normalization_of", "resample_inplane", "resample_to_shape", "with_inplane_spacing", "FLIP_AXES_HELP",
+    "resolve_flip_axes", "slice_flips",
 ]

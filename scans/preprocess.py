@@ -90,6 +90,12 @@ def in_plane_axes(axis: int) -> list[int]:
     return [a for a in (0, 1, 2) if a != axis]
 
 
+def slice_flips(volume_axes, axis: int) -> tuple[int, ...]:
+    """Volume flip axes as axes (0, 1) of the 2D slices cut along ``axis`` (the slice axis itself drops out)."""
+    in_plane = in_plane_axes(axis)
+    return tuple(in_plane.index(a) for a in volume_axes if a in in_plane)
+
+
 def with_inplane_spacing(spacing, target, axis: int) -> tuple[float, float, float]:
     """``spacing`` (mm, 3 values) with the two axes other than ``axis`` set to ``target`` (mm, in axis order)."""
     out = [float(s) for s in spacing]

@@ -68,6 +68,27 @@ def load_protocol(data_dir: str | os.PathLike) -> Protocol:
                     str(obj.get("flip_axes_reason", "")), str(path))
 
 
+FLIP_AXES_HELP = ("volume axes that may be flipped: auto (the dataset's protocol.json; none without one), none, "
+                  "or axes 0 1 2; never an axis whose direction defines a class")
+
+
+def resolve_flip_axes(spec: list[str], data_dir: str | os.PathLike) -> tuple[int, ...]:
+    """Volume axes a flip may reverse, from a ``--flip-axes`` value: ``["auto"]`` (the dataset's
+    protocol.json; none for a plain folder or a dataset without one), ``["none"]``, or axes 0 1 2.
+    Raises ValueError on anything else."""
+    if list(spec) == ["auto"]:
+        return load_protocol(data_dir).flip_axes if Path(data_dir).is_dir() else ()
+    if list(spec) == ["none"]:
+        return ()
+    try:
+        axes = tuple(sorted({int(a) for a in spec}))
+    except ValueError:
+        axes = (-1,)
+    if any(a not in (0, 1, 2) for a in axes):
+        raise ValueError(f"--flip-axes takes auto, none or volume axes 0 1 2, got {' '.join(map(str, spec))}")
+    return axes
+
+
 def _check_map(m, path) -> dict[str, str]:
     if not isinstance(m, dict) or not all(isinstance(k, str) and isinstance(v, (str, int)) for k, v in m.items()):
         raise ScanError(path, "a subject map is a JSON object {case_id: subject_id}")

@@ -81,6 +81,39 @@ def test_simclr_views_differ_stay_inside_content_and_keep_float_precision():
     assert torch.isfinite(full).all()
 
 
+def _view_directions(flips, axis_of_ramp):
+    """Sign of the intensity ramp along ``axis_of_ramp`` (0 rows, 1 columns) in 64 SimCLR views of one slice."""
+    h, w = 40, 56
+    ramp = torch.linspace(0.1, 1, (h, w)[axis_of_ramp])
+    x = (ramp[:, None].expand(h, w) if axis_of_ramp == 0 else ramp[None, :].expand(h, w))[None, None].repeat(64, 1, 1, 1)
+    boxes = torch.tensor([[0.0, 0.0, h, w]]).repeat(64, 1)
+    cfg = simclr.ViewConfig(size=(h, w), min_scale=1.0, ratio=(w / h, w / h), max_rotation=0.0, flips=flips,
+                            p_color=0, p_gamma=0, p_noise=0, p_blur=0)
+    v = simclr.make_views(x, boxes, cfg)[:, 0]
+    step = (v[:, -1, :] - v[:, 0, :]).mean(1) if axis_of_ramp == 0 else (v[:, :, -1] - v[:, :, 0]).mean(1)
+    return torch.sign(step)
+
+
+def test_simclr_views_flip_only_the_allowed_slice_axes():
+    assert (_view_directions((0,), axis_of_ramp=1) > 0).all()   # columns never reversed
+    assert (_view_directions((0,), axis_of_ramp=0) < 0).any()   # rows are
+    assert (_view_directions((1,), axis_of_ramp=0) > 0).all()
+    assert (_view_directions((), axis_of_ramp=1) > 0).all() and (_view_directions((), axis_of_ramp=0) > 0).all()
+    both = _view_directions((0, 1), axis_of_ramp=1)
+    assert (both < 0).any() and (both > 0).any()
+
+
+def test_simclr_takes_its_flips_from_the_dataset_protocol(split_file, data_dir, tmp_path):
+    args = pretrain.get_args_parser().parse_args(["--task", "simclr", "--split", str(split_file), "--data",
+                                                  str(data_dir), "--out", str(tmp_path / "run")])
+    assert scans.load_protocol(args.data).flip_axes == (0,)  # embedded data: axis 1 is anterior-posterior
+    assert simclr.SimCLR(args, models.create_encoder("unet_tiny")).model.views.flips == (0,)  # slices along axis 2: rows
+    args.axis = 0
+    assert simclr.SimCLR(args, models.create_encoder("unet_tiny")).model.views.flips == ()
+    args.flip_axes = ["none"]
+    assert pretrain.train.run_identity(args)["flip_axes"] == []
+
+
 def test_gaussian_blur_matches_single_sample_blur():
     x = torch.rand(3, 1, 20, 20)
     sig = torch.tensor([0.5, 1.0, 1.5])
@@ -128,7 +161,7 @@ def test_registry_drives_cli_config_and_docs(tmp_path):
     for name, cls in pretrain.TASKS.items():
         assert cls.paper and cls.summary and name in parser.epilog
         assert set(pretrain.task_options(name)) <= {a.dest for a in parser._actions}
-    assert pretrain.task_options("simclr") == ["temperature", "proj_dim", "view_size", "min_scale"]
+    assert pretrain.task_options("simclr") == ["temperature", "proj_dim", "view_size", "min_scale", "flip_axes"]
     with pytest.raises(ValueError, match="two pretext tasks are called 'rotation'"):
         pretrain.register(type("Other", (pretrain.PretextTask,), {"name": "rotation", "summary": "x"}))
 

@@ -39,7 +39,10 @@ class RotationViews:
         rng = np.random.default_rng(np.random.randint(2**31))
         sq = random_square(content(img, box), rng, self.min_side, self.max_side)
         if self.flip and rng.random() < 0.5:
-            sq = sq[:, ::-1]  # mirrored anatomy: left-right cues no longer tell the rotation
+            # mirrored anatomy: the direction of the columns no longer tells the rotation. Unlike a SimCLR
+            # view pair, nothing asks for the same features of a crop and its mirror image (each must still
+            # give its own rotation), so this teaches no invariance to a class-defining direction.
+            sq = sq[:, ::-1]
         return torch.from_numpy(resize(sq, (self.crop, self.crop)))[None]
 
 

@@ -2,7 +2,9 @@
 
 Views are made on the training device, for the whole batch at once (:func:`make_views`): a
 random resized crop inside the scanned content, flips and a small rotation in one sampling
-grid, then gamma, brightness/contrast, Gaussian blur and noise, all in float32 (no 8-bit round
+grid (flips only along the slice axes the dataset allows, ``--flip-axes``: two views that differ
+by a flip along an axis whose direction defines a class, such as the anterior-posterior axis of
+the hippocampus head and body, would teach the encoder to ignore that very direction), then gamma, brightness/contrast, Gaussian blur and noise, all in float32 (no 8-bit round
 trip, no 3-channel ImageNet normalisation as lightly's default ``SimCLRTransform`` would do).
 The DataLoader only hands over slices and their content boxes, so the data pipeline costs
 almost nothing next to the step, on a CPU as on a GPU.
@@ -24,6 +26,7 @@ import torch.nn.functional as F
 from lightly.loss import NTXentLoss
 from torch import nn
 
+import scans
 from models import pooled_features, simclr_projection_head
 
 from ..registry import PretextTask, register
@@ -34,6 +37,7 @@ class ViewConfig:
     """Strength of the SimCLR augmentations (probabilities and ranges)."""
 
     size: tuple[int, int] = (40, 56)
+    flips: tuple[int, ...] = (0, 1)  # slice axes that may be flipped (0: rows, 1: columns)
     min_scale: float = 0.3          # smallest crop area / content area
     ratio: tuple[float, float] = (0.6, 1.6)
     max_rotation: float = 20.0      # degrees
@@ -74,8 +78,8 @@ def crop_flip_rotate(x: torch.Tensor, boxes: torch.Tensor, cfg: ViewConfig) -> t
     ch = torch.minimum(torch.sqrt(area / ratio), bh)
     cx = left + cw / 2 + torch.rand(b, device=dev) * (bw - cw)
     cy = top + ch / 2 + torch.rand(b, device=dev) * (bh - ch)
-    flip_x = torch.where(_apply(0.5, b, dev), -1.0, 1.0)
-    flip_y = torch.where(_apply(0.5, b, dev), -1.0, 1.0)
+    flip_x = torch.where(_apply(0.5, b, dev) & (1 in cfg.flips), -1.0, 1.0)  # drawn either way: the same
+    flip_y = torch.where(_apply(0.5, b, dev) & (0 in cfg.flips), -1.0, 1.0)  # random stream whatever is allowed
     angle = _uniform(b, -cfg.max_rotation, cfg.max_rotation, dev) * math.pi / 180
     oh, ow = cfg.size
     v, u = torch.meshgrid(torch.linspace(-1, 1, oh, device=dev), torch.linspace(-1, 1, ow, device=dev), indexing="ij")
@@ -175,10 +179,12 @@ class SimCLR(PretextTask):
         g.add_argument("--proj-dim", type=int, default=128, help="projection head output size")
         g.add_argument("--view-size", type=int, nargs=2, default=[40, 56], help="view size H W")
         g.add_argument("--min-scale", type=float, default=0.3, help="smallest area fraction of the random resized crop")
+        g.add_argument("--flip-axes", nargs="+", default=["auto"], metavar="AXIS", help="views: " + scans.FLIP_AXES_HELP)
 
     def __init__(self, args, encoder):
         gather = dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
-        cfg = ViewConfig(size=tuple(args.view_size), min_scale=args.min_scale)
+        flips = scans.slice_flips(scans.resolve_flip_axes(args.flip_axes, args.data), args.axis)
+        cfg = ViewConfig(size=tuple(args.view_size), min_scale=args.min_scale, flips=flips)
         self.views = SliceAndBox()
         self.model = SimCLRModel(encoder, args.temperature, args.proj_dim, gather=gather, views=cfg)
         self.chance = 1.0 / (2 * args.batch_size - 1)
