@@ -6,6 +6,8 @@
         --executor slurm --profile slurm/profiles/example-gpu.yaml                      # a SLURM cluster
     python -m experiments status --config experiments/configs/paper.yaml                 # each cell's state
     python -m experiments collect --config experiments/configs/paper.yaml                # table from what finished
+    python -m experiments collect --config experiments/configs/quick.yaml \
+        --records results/quick/runs.jsonl                                               # table from committed records
 """
 from __future__ import annotations
 
@@ -29,9 +31,13 @@ def get_args_parser() -> argparse.ArgumentParser:
     r.add_argument("--config", required=True)
     r.add_argument("--executor", choices=EXECUTORS, default="local")
     r.add_argument("--profile", help="SLURM profile YAML (with --executor slurm)")
-    for name, help_ in (("status", "show each run's state"), ("collect", "build the table from finished runs")):
-        s = sub.add_parser(name, help=help_)
-        s.add_argument("--config", required=True)
+    s = sub.add_parser("status", help="show each run's state")
+    s.add_argument("--config", required=True)
+    c = sub.add_parser("collect", help="build the table from finished runs")
+    c.add_argument("--config", required=True)
+    c.add_argument("--records", metavar="RUNS_JSONL",
+                   help="recompute table.md, table.csv and the plot from an earlier collection's runs.jsonl "
+                        "(its splits.json beside it) instead of the run folders")
     return p
 
 
@@ -45,7 +51,7 @@ def main(argv=None) -> int:
             res = reproduce(cfg, args.executor, args.profile)
             return 1 if res.get("failed") else 0
         if args.cmd == "collect":
-            collect(cfg)
+            collect(cfg, records=args.records)
             return 0
         return print_status(cfg)
     except (scans.ScanError, ValueError, FileNotFoundError) as e:

@@ -93,7 +93,7 @@ def test_tiny_reproduction_end_to_end_and_idempotent(tmp_path, small_msd, capsys
         assert (res / name).stat().st_size > 0, name
     rows = list(csv.DictReader(open(res / "table.csv")))
     assert list(rows[0]) == ["arch", "init", "fraction", "n", "mean_dice", "sd", "delta_vs_random", "ci95_low",
-                             "ci95_high", "collapsed"]
+                             "ci95_high", "collapsed", "n_paired"]
     assert len(rows) == 2 * 2 * 2 and all(0 <= float(r["mean_dice"]) <= 1 for r in rows)
     assert {r["init"] for r in rows} == {"random", "simclr"} and {r["arch"] for r in rows} == {"unet", "transunet"}
     half = {(r["arch"], r["init"]): r for r in rows if r["fraction"] == "0.5"}
@@ -104,7 +104,9 @@ def test_tiny_reproduction_end_to_end_and_idempotent(tmp_path, small_msd, capsys
     by = {(r["arch"], r["init"], r["label_seed"]): r["mean_dice"] for r in records if r["kind"] == "finetune" and r["fraction"] == 0.5}
     assert float(s["delta_vs_random"]) == pytest.approx(
         sum(by[("unet", "simclr", l)] - by[("unet", "random", l)] for l in (0, 1)) / 2, abs=1e-4)
-    assert not half[("unet", "random")]["delta_vs_random"]
+    assert not half[("unet", "random")]["delta_vs_random"] and s["n_paired"] == "2"
+    whole = {(r["arch"], r["init"]): r for r in rows if r["fraction"] == "1.0"}
+    assert whole[("unet", "simclr")]["delta_vs_random"] and not whole[("unet", "simclr")]["ci95_low"]  # 1 replicate
     md = (res / "table.md").read_text()
     assert "| random |" in md and "| simclr |" in md and "Reference" in md and "python -m experiments reproduce" in md
     assert "## What this shows" in md and "## What it does not show" in md and "## Encoders" in md
@@ -126,6 +128,16 @@ def test_tiny_reproduction_end_to_end_and_idempotent(tmp_path, small_msd, capsys
     out = capsys.readouterr().out
     assert "13 already finished, 0 running elsewhere, 0 to run" in out
     assert (res / "table.csv").read_bytes() == before
+    records = (res / "runs.jsonl").read_bytes()  # the same table from the records alone, which stay as they are
+    assert experiments_main(["collect", "--config", str(path), "--records", str(res / "runs.jsonl")]) == 0
+    assert (res / "table.csv").read_bytes() == before and (res / "runs.jsonl").read_bytes() == records
+    assert "recomputed from those records (no run re-run)" in (res / "table.md").read_text()
+    bad = tmp_path / "bad" / "runs.jsonl"
+    bad.parent.mkdir()
+    bad.write_text('{"kind": "finetune"}\nnot json\n')
+    capsys.readouterr()
+    assert experiments_main(["collect", "--config", str(path), "--records", str(bad)]) == 2
+    assert f"{bad}:2: not a JSON record" in capsys.readouterr().err
     assert experiments_main(["status", "--config", str(path)]) == 0
     assert "13 done" in capsys.readouterr().out
 

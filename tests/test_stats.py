@@ -57,3 +57,52 @@ def test_subject_sums_weight_cases():
     cases = [{"case_id": "a", "mean_dice": 0.5}, {"case_id": "b", "mean_dice": 0.7}, {"case_id": "c", "mean_dice": 0.1}]
     sums, counts = subject_sums(cases, {"a": "s1", "b": "s1"}, ["c", "s1"])
     assert sums.tolist() == pytest.approx([0.1, 1.2]) and counts.tolist() == [1, 2]
+
+
+# ------------------------------------------------------------------ the table's cells from run records
+
+def _run(init, label_seed, seed, dice, cases=("a", "b", "c", "d")):
+    return {"kind": "finetune", "arch": "unet", "init": init, "fraction": 0.01, "label_seed": label_seed, "seed": seed,
+            "out": f"runs/{init}/L{label_seed}_S{seed}", "mean_dice": dice, "collapsed": False,
+            "cases": [{"case_id": c, "mean_dice": dice + 0.01 * i} for i, c in enumerate(cases)]}
+
+
+CFG = {"archs": ["unet"], "fractions": [0.01], "inits": ["random", "rotation"]}
+SUBJECTS = {"a": "s1", "b": "s1", "c": "s2", "d": "s3"}
+
+
+def test_cells_pair_by_replicate_and_say_how_many_pairs():
+    from experiments.collect import cell_stats, findings
+    rows = [_run("random", l, s, 0.70 + 0.01 * l) for l in range(3) for s in range(2)]
+    rows += [_run("rotation", l, s, 0.75 + 0.01 * l) for l in range(2) for s in range(2)]
+    st = cell_stats(CFG, rows, SUBJECTS, n_boot=200)[("unet", "rotation", 0.01)]
+    assert st["n"] == 4 and st["paired"] == 4 and st["paired_label_seeds"] == 2
+    assert st["delta"] == pytest.approx(0.05) and st["low"] is not None
+    text = "\n".join(findings(CFG, cell_stats(CFG, rows, SUBJECTS, n_boot=200)))
+    assert "4 paired replicates over 2 label seeds †" in text and "likely too narrow" in text
+
+
+def test_one_replicate_gets_no_ci_and_is_not_called_shown():
+    from experiments.collect import cell_stats, findings, table_csv
+    rows = [_run("random", 0, 0, 0.70), _run("rotation", 0, 0, 0.80)]
+    stats = cell_stats(CFG, rows, SUBJECTS, n_boot=200)
+    st = stats[("unet", "rotation", 0.01)]
+    assert st["delta"] == pytest.approx(0.10) and st["low"] is None and st["mean_low"] is None
+    text = "\n".join(findings(CFG, stats))
+    assert "1 paired replicate, so no CI" in text and "No init differs" in text
+    assert table_csv(CFG, stats).splitlines()[2] == "unet,rotation,0.01,1,0.8000,,0.1000,,,0,1"
+
+
+def test_a_missing_random_run_is_said_not_read_as_no_difference():
+    from experiments.collect import cell_stats, findings
+    rows = [_run("rotation", 0, 0, 0.80), _run("rotation", 1, 0, 0.82)]
+    text = "\n".join(findings(CFG, cell_stats(CFG, rows, SUBJECTS, n_boot=200)))
+    assert "rotation init with unet at 1% labels: no random-init run of the same replicates to compare with" in text
+
+
+def test_runs_scored_on_other_test_cases_are_refused():
+    from experiments.collect import cell_stats
+    rows = [_run("random", 0, 0, 0.70), _run("rotation", 0, 0, 0.80, cases=("a", "b", "c"))]
+    with pytest.raises(ValueError, match=r"runs/random/L0_S0 was scored on 4 test cases and runs/rotation/L0_S0 on 3 "
+                                         r"\(1 differ\): runs on other test cases cannot be compared"):
+        cell_stats(CFG, rows, SUBJECTS, n_boot=200)
