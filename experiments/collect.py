@@ -100,8 +100,7 @@ def cell_stats(cfg: dict, rows: list[dict], subject_of: dict[str, str], n_boot: 
                 dice = [r["mean_dice"] for r in reps.values()]
                 st = {"n": len(reps), "mean": statistics.fmean(dice), "sd": statistics.stdev(dice) if len(dice) > 1 else None,
                       "collapsed": sum(r["collapsed"] for r in reps.values()), "replicates": sorted(reps),
-                      "test_subjects": len(subjects), "label_seeds": len({l for l, _ in reps}),
-                      "mean_low": None, "mean_high": None}
+                      "test_subjects": len(subjects), "mean_low": None, "mean_high": None}
                 sums = {k: subject_sums(r["cases"], subject_of, subjects) for k, r in reps.items()}
                 counts = next(iter(sums.values()))[1]
                 if len(reps) > 1:

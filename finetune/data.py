@@ -81,19 +81,22 @@ def select(data_dir, split_file, fraction: float, label_seed: int, val_cases: in
             raise scans.ScanError(by_id[cid].image, "case has no label file; fine-tuning and evaluation need labels")
     if val_cases < 0:
         raise ValueError(f"--val-cases must be >= 0, got {val_cases}")
-    subject = lambda c: (splits.get("groups") or {}).get(c, c)  # noqa: E731
+    groups = splits.get("groups") or {}
+    cases_of = {}  # subject -> its labelled cases
+    for c in labelled:
+        cases_of.setdefault(groups.get(c, c), []).append(c)
     val_ids = []
     if val_cases and len(train_ids) >= 5 and len(train_ids) > val_cases:
-        held = []
-        for sid in np.random.default_rng([int(label_seed), 7919]).permutation(sorted({subject(c) for c in train_ids})):
-            if len(held) >= val_cases:
+        for sid in np.random.default_rng([int(label_seed), 7919]).permutation(sorted(cases_of)):
+            if len(val_ids) >= val_cases:
                 break
-            held += [c for c in train_ids if subject(c) == sid]
-        if len(held) < len(train_ids):
-            val_ids = sorted(held)
+            val_ids += cases_of[sid]
+        if len(val_ids) < len(train_ids):
+            val_ids = sorted(val_ids)
             train_ids = [c for c in train_ids if c not in set(val_ids)]
-    labelled_subjects = {subject(c) for c in labelled}
-    rest = sorted(c for c in set(splits["train_pool"]) - set(labelled) - set(test_ids) if subject(c) not in labelled_subjects)
+        else:
+            val_ids = []
+    rest = sorted(c for c in set(splits["train_pool"]) - set(labelled) - set(test_ids) if groups.get(c, c) not in cases_of)
     watch_ids = np.random.default_rng([int(label_seed), 4241]).permutation(rest)[:watch_cases].tolist() if rest else []
     watch_ids = [c for c in watch_ids if c in by_id and by_id[c].label is not None]
     if max_test_cases > 0:

@@ -150,11 +150,9 @@ def pad_or_crop(img: np.ndarray, size: tuple[int, int], value: float = 0.0) -> n
     if h > th or w > tw:
         top, left = max(0, (h - th) // 2), max(0, (w - tw) // 2)
         out = out[top : top + min(h, th), left : left + min(w, tw)]
-    h, w = out.shape[:2]
-    if h < th or w < tw:
-        top, left = (th - h) // 2, (tw - w) // 2
-        pad = [(top, th - h - top), (left, tw - w - left)] + [(0, 0)] * (out.ndim - 2)
-        out = np.pad(out, pad, mode="constant", constant_values=value)
+    (top, bottom), (left, right) = centre_padding(*out.shape[:2], size)
+    if top or bottom or left or right:
+        out = np.pad(out, [(top, bottom), (left, right)] + [(0, 0)] * (out.ndim - 2), constant_values=value)
     return out
 
 

@@ -81,12 +81,12 @@ def resolve_flip_axes(spec: list[str], data_dir: str | os.PathLike) -> tuple[int
     if list(spec) == ["none"]:
         return ()
     try:
-        axes = tuple(sorted({int(a) for a in spec}))
+        axes = {int(a) for a in spec}
     except ValueError:
-        axes = (-1,)
-    if any(a not in (0, 1, 2) for a in axes):
+        axes = None
+    if not axes or not axes <= {0, 1, 2}:
         raise ValueError(f"--flip-axes takes auto, none or volume axes 0 1 2, got {' '.join(map(str, spec))}")
-    return axes
+    return tuple(sorted(axes))
 
 
 def _check_map(m, path) -> dict[str, str]:

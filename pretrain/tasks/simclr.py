@@ -4,8 +4,9 @@ Views are made on the training device, for the whole batch at once (:func:`make_
 random resized crop inside the scanned content, flips and a small rotation in one sampling
 grid (flips only along the slice axes the dataset allows, ``--flip-axes``: two views that differ
 by a flip along an axis whose direction defines a class, such as the anterior-posterior axis of
-the hippocampus head and body, would teach the encoder to ignore that very direction), then gamma, brightness/contrast, Gaussian blur and noise, all in float32 (no 8-bit round
-trip, no 3-channel ImageNet normalisation as lightly's default ``SimCLRTransform`` would do).
+the hippocampus head and body, would teach the encoder to ignore that very direction), then
+gamma, brightness/contrast, Gaussian blur and noise, all in float32 (no 8-bit round trip, no
+3-channel ImageNet normalisation as lightly's default ``SimCLRTransform`` would do).
 The DataLoader only hands over slices and their content boxes, so the data pipeline costs
 almost nothing next to the step, on a CPU as on a GPU.
 
