@@ -45,6 +45,21 @@ def surface_distances(a: np.ndarray, b: np.ndarray, spacing) -> np.ndarray:
     return dist_to_b[sa]
 
 
+def bounding_box(mask: np.ndarray) -> tuple[slice, ...]:
+    """Slices of the smallest box holding every True voxel of ``mask`` (non-empty).
+
+    HD95 computed inside the box of ``pred | gt`` equals HD95 over the whole array (tested), a
+    few times faster on MSD-sized crops: every surface voxel of both masks lies inside, so does
+    each one's nearest surface voxel, and a mask voxel on a face of the box is surface either way
+    (its outward neighbour is in neither mask).
+    """
+    box = []
+    for axis in range(mask.ndim):
+        hit = np.flatnonzero(mask.any(axis=tuple(a for a in range(mask.ndim) if a != axis)))
+        box.append(slice(int(hit[0]), int(hit[-1]) + 1))
+    return tuple(box)
+
+
 def hd95(pred: np.ndarray, gt: np.ndarray, spacing=None) -> float:
     """95th-percentile symmetric Hausdorff distance in mm (see the module docstring for empty sets)."""
     pred, gt = np.asarray(pred, bool), np.asarray(gt, bool)
@@ -58,6 +73,8 @@ def hd95(pred: np.ndarray, gt: np.ndarray, spacing=None) -> float:
         return 0.0
     if not has_p or not has_g:
         return math.nan
+    box = bounding_box(pred | gt)
+    pred, gt = pred[box], gt[box]
     d = np.concatenate([surface_distances(pred, gt, spacing), surface_distances(gt, pred, spacing)])
     return float(np.percentile(d, 95))
 

@@ -63,6 +63,27 @@ def test_hd95_known_values():
     assert metrics.hd95(box(hi=(4, 6, 6)), box(lo=(3, 2, 2), hi=(5, 6, 6))) == pytest.approx(1.0)
 
 
+def test_hd95_in_bounding_box_equals_whole_array():
+    """HD95 is computed inside the bounding box of both masks: the same value, to the last bit, as
+    the distances over the whole array, also for masks touching the array's border."""
+    rng = np.random.default_rng(0)
+    for k in range(12):
+        shape, spacing = (20, 24, 18), (1.0, 0.7, 2.5)
+        blobs = []
+        for _ in range(2):
+            centre = rng.uniform(0, shape)  # some blobs reach the border
+            grid = np.indices(shape).transpose(1, 2, 3, 0)
+            blobs.append(((grid - centre) ** 2 / rng.uniform(4, 40, 3)).sum(-1) < 1 + rng.uniform(0, 3, shape))
+        a, b = blobs
+        if not (a.any() and b.any()):
+            continue
+        whole = np.concatenate([metrics.surface_distances(a, b, spacing), metrics.surface_distances(b, a, spacing)])
+        assert metrics.hd95(a, b, spacing) == float(np.percentile(whole, 95)), k
+    a = np.zeros((6, 6, 6), bool)
+    a[0:2, 2:4, 5] = True  # touches two faces of the array
+    assert metrics.bounding_box(a) == (slice(0, 2), slice(2, 4), slice(5, 6))
+
+
 def test_case_metrics_and_summary():
     gt = np.zeros((6, 6, 6), int)
     gt[1:3, 1:3, 1:3], gt[4:6, 4:6, 4:6] = 1, 2
