@@ -53,11 +53,7 @@ def bounding_box(mask: np.ndarray) -> tuple[slice, ...]:
     each one's nearest surface voxel, and a mask voxel on a face of the box is surface either way
     (its outward neighbour is in neither mask).
     """
-    box = []
-    for axis in range(mask.ndim):
-        hit = np.flatnonzero(mask.any(axis=tuple(a for a in range(mask.ndim) if a != axis)))
-        box.append(slice(int(hit[0]), int(hit[-1]) + 1))
-    return tuple(box)
+    return ndimage.find_objects(np.asarray(mask, bool).view(np.uint8))[0]
 
 
 def hd95(pred: np.ndarray, gt: np.ndarray, spacing=None) -> float:
