@@ -17,7 +17,7 @@ import engine
 import models
 import scans
 from atomicio import write_json
-from finetune.data import EpochPositions, TrainSlices
+from finetune.data import TrainSlices
 from finetune.evaluate import predict_volume
 from finetune.losses import SegmentationLoss
 from scans.augment import segmentation_augment
@@ -30,8 +30,8 @@ def bench(arch, encoder, loaded, batch_size, steps, device):
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
     scaler = torch.amp.GradScaler("cuda", enabled=False)
     ds = TrainSlices(loaded, (48, 64), 2, segmentation_augment("default"))
-    sampler = engine.ResumableSampler(len(ds), batch_size)
-    loader = torch.utils.data.DataLoader(ds, batch_size=batch_size, sampler=EpochPositions(sampler), drop_last=True)
+    sampler = engine.ResumableSampler(len(ds), batch_size).set_range(0, steps + 3)
+    loader = torch.utils.data.DataLoader(ds, batch_size=batch_size, sampler=sampler, drop_last=True)
     it = iter(loader)
     model.train()
     for i in range(steps + 3):

@@ -31,7 +31,7 @@ import engine  # noqa: E402
 import models  # noqa: E402
 import scans  # noqa: E402
 from atomicio import write_json  # noqa: E402
-from pretrain.tasks.simclr import SimCLRModel, SliceAndBox, ViewConfig  # noqa: E402
+from pretrain.tasks.simclr import SimCLRModel, SimCLRSample, ViewConfig  # noqa: E402
 from pretrain.views import content  # noqa: E402
 
 
@@ -112,11 +112,12 @@ def main():
     workers = engine.default_workers(a.workers)
     engine.seed_everything(0)
     stack_cases = scans.load_cases(scans.find_cases(a.data), with_label=False)
-    ds = scans.UnlabelledSlices(stack_cases, transform=SliceAndBox())
     views = ViewConfig(size=(a.size, a.size))
+    ds = scans.UnlabelledSlices(stack_cases, transform=SimCLRSample(views.size))
     n_batches = a.steps + a.warmup
-    kw = dict(batch_size=a.batch_size, shuffle=True, drop_last=True, num_workers=workers,
-              worker_init_fn=engine.worker_init, pin_memory=device.type == "cuda", persistent_workers=workers > 0)
+    keys = engine.ResumableSampler(len(ds), a.batch_size).set_range(0, n_batches)  # (epoch, index) keys
+    kw = dict(batch_size=a.batch_size, sampler=keys, drop_last=True, num_workers=workers,
+              pin_memory=device.type == "cuda", persistent_workers=workers > 0)
 
     def fresh_model(in_chans=1, cls=SimCLRModel):
         torch.manual_seed(0)
@@ -137,7 +138,9 @@ def main():
     res["tensors"] = timed_steps(lambda views: step(views, ready=True), iter(ready), a.steps, a.warmup, device)
     lds = LightlySlices(ds.stack, SimCLRTransform(input_size=a.size, min_scale=0.3))
     model, opt = fresh_model(in_chans=3, cls=LightlyModel)
-    res["lightly"] = timed_steps(make_step(model, opt, device, a.amp), cycle(DataLoader(lds, **kw)), a.steps, a.warmup, device)
+    lkw = {**kw, "sampler": None, "shuffle": True}  # lightly's dataset takes plain indices
+    res["lightly"] = timed_steps(make_step(model, opt, device, a.amp), cycle(DataLoader(lds, **lkw)), a.steps, a.warmup,
+                                 device)
     rates = {k: a.batch_size * a.steps / v for k, v in res.items()}
     print(f"SimCLR step, {a.encoder}, batch {a.batch_size}, views {a.size}x{a.size}, device {device}, workers {workers}, amp {a.amp}")
     for k in ("pipeline", "tensors", "lightly"):

@@ -1,7 +1,8 @@
-"""Command-line options every run shares, as a parent parser for the trainers' own parsers."""
+"""Command-line options every run shares, as parent parsers for the trainers' own parsers."""
 from __future__ import annotations
 
 import argparse
+import math
 
 from .errors import ConfigError
 
@@ -26,14 +27,35 @@ def runtime_parser(log_every: int = 10, ckpt_every: int = 0, workers: int = 0) -
     return p
 
 
+def optimizer_parser(lr: float, weight_decay: float, warmup_fraction: float = 0.05) -> argparse.ArgumentParser:
+    """``--lr``, ``--weight-decay``, ``--warmup-fraction``: the engine's AdamW and its schedule
+    (linear warm-up, then cosine decay to 0), with each trainer's defaults."""
+    p = argparse.ArgumentParser(add_help=False)
+    g = p.add_argument_group("optimizer (AdamW, linear warm-up then cosine decay)")
+    g.add_argument("--lr", type=float, default=lr, help="peak learning rate")
+    g.add_argument("--weight-decay", type=float, default=weight_decay)
+    g.add_argument("--warmup-fraction", type=float, default=warmup_fraction,
+                   help="fraction of the steps spent in linear warm-up")
+    return p
+
+
 def check_runtime_args(args) -> None:
-    """Raise ConfigError for a runtime option out of range."""
+    """Raise ConfigError for a runtime or optimizer option out of range (before anything is created)."""
     for name in ("log_every",):
         if getattr(args, name) < 1:
             raise ConfigError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
     for name in ("ckpt_every", "stop_at_step", "progress_every", "sleep_per_step"):
-        if getattr(args, name) < 0:
-            raise ConfigError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(args, name)}")
+        value = getattr(args, name)
+        if not value >= 0 or not math.isfinite(value):
+            raise ConfigError(f"--{name.replace('_', '-')} must be >= 0, got {value}")
+    if getattr(args, "workers", 0) < -1:
+        raise ConfigError(f"--workers must be >= 0 (or -1: automatic), got {args.workers}")
+    if hasattr(args, "lr") and not (math.isfinite(args.lr) and args.lr > 0):
+        raise ConfigError(f"--lr must be a finite number > 0, got {args.lr}")
+    if hasattr(args, "weight_decay") and not (math.isfinite(args.weight_decay) and args.weight_decay >= 0):
+        raise ConfigError(f"--weight-decay must be a finite number >= 0, got {args.weight_decay}")
+    if hasattr(args, "warmup_fraction") and not 0 <= args.warmup_fraction < 1:
+        raise ConfigError(f"--warmup-fraction must be in [0, 1), got {args.warmup_fraction}")
 
 
 def as_flags(options: dict) -> list[str]:

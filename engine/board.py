@@ -1,6 +1,6 @@
 """What a run shows in TensorBoard besides its curves: the command, commit and config (TEXT), its
 settings beside its results (HPARAMS), and a layout that puts one metric of every run in one chart
-(CUSTOM SCALARS).
+(CUSTOM SCALARS). The trainers pass their own settings, tags and charts; nothing here names them.
 
 Every scalar's x-axis is the optimisation step (images seen is a scalar of its own), so runs with
 other batch sizes line up. HPARAMS reads its metrics from scalars the run already logged (for
@@ -33,33 +33,19 @@ def write_run_text(writer, prog: str, args: dict, provenance: dict, extra: dict 
     writer.add_text("run/config", _code(json.dumps(config, indent=1, sort_keys=True, default=str)), 0)
 
 
-# The HPARAMS table's columns for every kind of run. TensorBoard shows the columns of the first run
-# definition it finds in a log directory, so pretraining and fine-tuning runs declare the same ones
-# (a run leaves the other kind's empty), then their own other settings. SHOWN are ticked when the
-# tab opens (TensorBoard ticks the first five, those marked as differing first).
-COLUMNS = {"init": "", "arch": "", "label_fraction": "", "task": "", "encoder": "", "steps": 0, "epochs": 0,
-           "lr": 0.0, "batch_size": 0, "label_seed": 0, "seed": 0, "init_file": ""}
-SHOWN = ("arch", "init", "label_fraction", "task", "steps")
-METRICS = ["test/mean_dice", "test/mean_hd95", "watch/dice", "encoder/knn_accuracy", "pretrain/accuracy"]
-
-
 def write_hparams(writer, hparams: dict) -> None:
-    """HPARAMS tab: this run's ``hparams`` (str, number or bool) beside the last value of each
-    scalar in ``METRICS`` it logged, in the run's own folder; the columns are ``COLUMNS`` and then
-    the run's other settings, so a log directory of pretraining and fine-tuning runs shows both."""
-    from tensorboard.plugins.hparams.plugin_data_pb2 import HParamsPluginData
+    """HPARAMS tab: this run's settings (``hparams``: str, number or bool; None left out), in its own folder.
+
+    No experiment definition is written: TensorBoard then builds the table from every run it finds,
+    the union of their settings as columns (a text column lists its values, so rows can be picked by
+    them) and their scalars as metrics, so a log directory of pretraining and fine-tuning runs shows
+    both kinds, each with its own settings. The metrics are the last values of the scalars the run
+    already logged (no ``hparam/*`` copies in SCALARS)."""
     from torch.utils.tensorboard.summary import hparams as hparams_summary
 
     values = {k: v for k, v in hparams.items() if v is not None}
-    columns = {**COLUMNS, **{k: v for k, v in values.items() if k not in COLUMNS}}
-    experiment, _, _ = hparams_summary(columns, {tag: 0.0 for tag in METRICS})
-    meta = experiment.value[0].metadata.plugin_data
-    data = HParamsPluginData.FromString(meta.content)
-    for info in data.experiment.hparam_infos:
-        info.differs = info.name in SHOWN
-    meta.content = data.SerializeToString()
     _, start, end = hparams_summary(values, {})
-    for summary in (experiment, start, end):
+    for summary in (start, end):
         writer.file_writer.add_summary(summary)
 
 

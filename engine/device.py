@@ -1,4 +1,13 @@
-"""Devices, processes and randomness: CPU / CUDA choice, torch.distributed set-up, seeding."""
+"""Devices, processes and randomness: CPU / CUDA choice, torch.distributed set-up, seeding, and
+the random-number states a checkpoint holds.
+
+Randomness belongs to the sample: every random draw of a view or an augmentation comes from
+``scans.sample_rng(seed, epoch, sample index)`` (the key the sampler hands the dataset), never from a global stream inside a
+DataLoader worker, so the number of workers changes nothing and a resume mid-epoch is exact. The
+global streams (torch CPU and CUDA, numpy, random) still seed the weights and drive dropout;
+a checkpoint holds each rank's states (:func:`capture_rng`), as plain tensors and values, so it
+loads with ``weights_only=True``.
+"""
 from __future__ import annotations
 
 import os
@@ -11,26 +20,52 @@ import torch.distributed as dist
 
 from .errors import ConfigError
 
+_CONTROL_GROUP = None  # a gloo group for small CPU messages (stop flags, RNG states) beside NCCL
+
+
+def device_type(name: str) -> str:
+    """The device type a ``--device`` value resolves to on this machine: ``cpu`` or ``cuda`` (``auto``: cuda when
+    available). Part of a run's identity: cuda:0 and cuda:1 give the same numbers, a CPU and a GPU do not."""
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return name.split(":")[0]
+
 
 def resolve_device(name: str) -> torch.device:
-    """``auto`` -> cuda when available, else cpu; asking for cuda without one is a ConfigError."""
+    """``auto`` -> cuda when available, else cpu. A device this machine lacks (no CUDA, or ``cuda:N`` with N
+    out of range) is a ConfigError, so trainers refuse it before they create anything."""
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError("--device cuda asked for, but no CUDA device is available (use --device cpu)")
     try:
-        return torch.device(name)
+        device = torch.device(name)
     except RuntimeError:
         raise ConfigError(f"--device {name!r}: expected cpu, cuda, cuda:N or auto") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError(f"--device {name} asked for, but this machine has no CUDA device (use --device cpu)")
+        count = torch.cuda.device_count()
+        if device.index is not None and device.index >= count:
+            raise ConfigError(f"--device {name} asked for, but this machine has {count} CUDA device(s): "
+                              f"cuda:0 to cuda:{count - 1}")
+    elif device.type != "cpu":
+        raise ConfigError(f"--device {name!r}: expected cpu, cuda, cuda:N or auto")
+    return device
+
+
+def world_size() -> int:
+    """Processes of this run: the torchrun / SLURM ``WORLD_SIZE`` (1 without one)."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
 
 
 def setup_distributed(device: torch.device) -> tuple[int, int, torch.device]:
     """Join the process group when launched with several processes; return (rank, world, device).
 
     Reads the torchrun variables (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR/PORT), which
-    submitit's ``TorchDistributedEnvironment().export()`` also sets on SLURM.
+    submitit's ``TorchDistributedEnvironment().export()`` also sets on SLURM. With NCCL a gloo
+    group is made beside it for the small CPU messages of the loop (stop flags, RNG states).
     """
-    world = int(os.environ.get("WORLD_SIZE", "1"))
+    global _CONTROL_GROUP
+    world = world_size()
     if world <= 1:
         return 0, 1, device
     rank, local = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
@@ -39,12 +74,46 @@ def setup_distributed(device: torch.device) -> tuple[int, int, torch.device]:
         device = torch.device("cuda", local)
     if not dist.is_initialized():
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    _CONTROL_GROUP = dist.new_group(backend="gloo") if dist.get_backend() != "gloo" else None
     return rank, world, device
 
 
+def distributed() -> bool:
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def agree(code: int) -> int:
+    """The largest ``code`` over all processes (each passes its own; 0 means nothing to report)."""
+    if not distributed():
+        return code
+    t = torch.tensor([code], dtype=torch.int64)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX, group=_CONTROL_GROUP)
+    return int(t.item())
+
+
+def barrier() -> None:
+    if distributed():
+        dist.barrier(group=_CONTROL_GROUP)
+
+
+def gather_objects(obj) -> list:
+    """``[obj of rank 0, obj of rank 1, ...]`` (``[obj]`` in a single process)."""
+    if not distributed():
+        return [obj]
+    out = [None] * dist.get_world_size()
+    dist.all_gather_object(out, obj, group=_CONTROL_GROUP)
+    return out
+
+
+def rank() -> int:
+    return dist.get_rank() if distributed() else 0
+
+
 def cleanup_distributed() -> None:
+    global _CONTROL_GROUP
     if dist.is_initialized():
         dist.destroy_process_group()
+    _CONTROL_GROUP = None
 
 
 def seed_everything(seed: int) -> None:
@@ -53,25 +122,30 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def worker_init(worker_id: int) -> None:
-    """DataLoader worker seeding: numpy/random follow torch's per-worker seed."""
-    s = torch.initial_seed() % 2**32
-    np.random.seed(s)
-    random.seed(s)
-    info = torch.utils.data.get_worker_info()
-    transform = getattr(info.dataset, "transform", None) if info is not None else None
-    if hasattr(transform, "reseed"):
-        transform.reseed(s % 2**31)
-
-
 def capture_rng() -> dict:
-    return {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    """This process's global random states as tensors and plain values (a ``weights_only`` checkpoint)."""
+    np_state = np.random.get_state(legacy=False)
+    version, internal, gauss = random.getstate()
+    state = {"torch": torch.get_rng_state(),
+             "numpy": {"bit_generator": np_state["bit_generator"], "key": torch.from_numpy(np_state["state"]["key"].astype(np.int64)),
+                       "pos": int(np_state["state"]["pos"]), "has_gauss": int(np_state["has_gauss"]),
+                       "gauss": float(np_state["gauss"])},
+             "python": {"version": version, "internal": list(internal), "gauss": gauss}}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
 
 
 def restore_rng(state: dict) -> None:
     torch.set_rng_state(state["torch"])
-    np.random.set_state(state["numpy"])
-    random.setstate(state["python"])
+    n = state["numpy"]
+    np.random.set_state({"bit_generator": n["bit_generator"], "state": {"key": n["key"].numpy().astype(np.uint32),
+                                                                         "pos": n["pos"]},
+                         "has_gauss": n["has_gauss"], "gauss": n["gauss"]})
+    p = state["python"]
+    random.setstate((p["version"], tuple(p["internal"]), p["gauss"]))
+    if state.get("cuda") is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
 
 
 def default_workers(requested: int) -> int:

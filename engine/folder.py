@@ -8,7 +8,11 @@
     RUN_DIR/events.out.*     TensorBoard
 
 The lock is an ``flock`` on ``.lock``: the operating system releases it when the process ends
-in any way (``kill -9`` included), so there is never a stale lock to clean up.
+in any way (``kill -9`` included), so there is never a stale lock to clean up. A folder the
+run created and left empty (the run was refused before it wrote anything) is removed again.
+
+``checkpoint.pt`` is read with ``weights_only=True``: it holds tensors and plain values only, so
+a file placed in a run folder cannot run code.
 """
 from __future__ import annotations
 
@@ -21,7 +25,7 @@ import torch
 
 from atomicio import atomic_path, write_json
 
-from .errors import RunBusy, RunMismatch
+from .errors import ConfigError, RunBusy, RunMismatch
 from .identity import identity_diff
 
 CONFIG = "config.json"
@@ -38,7 +42,7 @@ def read_json(path: Path) -> dict | None:
 
 
 def lock_holder(path: str | os.PathLike) -> int | None:
-    """PID of the process holding the run folder's lock, or None when nobody holds it."""
+    """PID of the process holding the folder's lock, or None when nobody holds it."""
     lock = Path(path) / LOCK
     if not lock.is_file():
         return None
@@ -53,6 +57,55 @@ def lock_holder(path: str | os.PathLike) -> int | None:
     return None
 
 
+class FolderLock:
+    """One writer per output folder: an exclusive ``flock`` on ``FOLDER/.lock`` holding the writer's PID.
+
+    ``acquire`` creates the folder (a path that is a file is a ConfigError) and raises RunBusy when
+    another process holds the lock. ``release(failed=True)`` also removes the folder again when this
+    process created it and nothing but the lock was written, so a refused command leaves nothing.
+    """
+
+    def __init__(self, path: str | os.PathLike, what: str = "--out"):
+        self.path, self.what = Path(path), what
+        self._file, self._created = None, False
+
+    def acquire(self) -> "FolderLock":
+        if self._file is not None:
+            return self
+        if self.path.exists() and not self.path.is_dir():
+            raise ConfigError(f"{self.what} {self.path} is a file, not a folder; use another {self.what}")
+        self._created = not self.path.exists()
+        self.path.mkdir(parents=True, exist_ok=True)
+        f = open(self.path / LOCK, "a+")
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            pid = f.read().strip() or "unknown"
+            f.close()
+            raise RunBusy(f"{self.path} is in use by process {pid} (it holds {self.path / LOCK}); "
+                          f"wait for it to end or use another {self.what}") from None
+        f.seek(0)
+        f.truncate()
+        f.write(f"{os.getpid()}\n")
+        f.flush()
+        self._file = f
+        return self
+
+    def release(self, failed: bool = False) -> None:
+        if self._file is None:
+            return
+        self._file.close()  # closing the file drops the flock
+        self._file = None
+        if failed and self._created and {p.name for p in self.path.iterdir()} <= {LOCK}:
+            (self.path / LOCK).unlink(missing_ok=True)
+            self.path.rmdir()
+
+    @property
+    def held(self) -> bool:
+        return self._file is not None
+
+
 class RunFolder:
     """A run folder for one run identity. ``result`` is the file that marks the run as finished.
 
@@ -61,14 +114,16 @@ class RunFolder:
 
     def __init__(self, path: str | os.PathLike, identity: dict, result: str):
         self.path, self.identity, self.result_name = Path(path), identity, result
-        self._lock = None
+        self._lock = FolderLock(self.path)
 
     # ------------------------------------------------------------- identity and state
     def config(self) -> dict | None:
         return read_json(self.path / CONFIG)
 
     def check_identity(self) -> None:
-        """Raise RunMismatch when the folder holds a run with another identity."""
+        """Raise RunMismatch when the folder holds a run with another identity (ConfigError when --out is a file)."""
+        if self.path.exists() and not self.path.is_dir():
+            raise ConfigError(f"--out {self.path} is a file, not a run folder; use another --out")
         old = self.config()
         if old is None:
             return
@@ -101,41 +156,26 @@ class RunFolder:
 
         Creates the folder. The lock is released by :meth:`release` or when the process ends.
         """
-        if self._lock is not None:
+        if self._lock.held:
             return self
         self.check_identity()  # before creating anything
-        self.path.mkdir(parents=True, exist_ok=True)
-        f = open(self.path / LOCK, "a+")
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            f.seek(0)
-            pid = f.read().strip() or "unknown"
-            f.close()
-            raise RunBusy(f"{self.path} is in use by process {pid} (it holds {self.path / LOCK}); "
-                          "wait for it to end or use another --out") from None
+        self._lock.acquire()
         try:
             self.check_identity()  # the previous holder may have written config.json meanwhile
         except RunMismatch:
-            f.close()
+            self._lock.release(failed=True)
             raise
-        f.seek(0)
-        f.truncate()
-        f.write(f"{os.getpid()}\n")
-        f.flush()
-        self._lock = f
         return self
 
-    def release(self) -> None:
-        if self._lock is not None:
-            self._lock.close()  # closing the file drops the flock
-            self._lock = None
+    def release(self, failed: bool = False) -> None:
+        """Drop the lock; with ``failed``, remove the folder if this process created it and wrote nothing in it."""
+        self._lock.release(failed)
 
     def __enter__(self):
         return self.claim()
 
-    def __exit__(self, *exc):
-        self.release()
+    def __exit__(self, exc_type, *exc):
+        self.release(failed=exc_type is not None)
 
     # ------------------------------------------------------------- files
     def write_config(self, **extra) -> None:
@@ -149,5 +189,23 @@ class RunFolder:
             torch.save({**state, "identity": self.identity}, tmp)
 
     def load_checkpoint(self) -> dict | None:
+        """The folder's checkpoint (tensors and plain values only), or None; ConfigError naming the
+        file when it cannot be read that way (damaged, or not written by this project's trainers)."""
         p = self.path / CHECKPOINT
-        return torch.load(p, map_location="cpu", weights_only=False) if p.is_file() else None
+        if not p.is_file():
+            return None
+        return load_weights(p, "checkpoint")
+
+
+def load_weights(path: str | os.PathLike, what: str = "file"):
+    """``torch.load(path, weights_only=True)`` on the CPU; a file that needs more than tensors and
+    plain values (code) or is no torch file at all is a ConfigError naming it, in one line."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001  (pickle and zip errors of every kind)
+        detail = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        if "Weights only load failed" in detail or "WeightsUnpickler" in str(e):
+            found = next((l.strip() for l in str(e).splitlines() if "Unsupported global" in l), "")
+            detail = "it holds more than tensors and plain values" + (f" ({found.split('. ')[0].rstrip('.')})" if found else "")
+        raise ConfigError(f"{path}: cannot read this {what}: {detail}; it was not written by this project "
+                          "(or is damaged): remove it or use another folder") from None

@@ -15,17 +15,18 @@ import hashlib
 import os
 from pathlib import Path
 
-# Arguments that cannot change a run's numbers, and why.
+from .device import device_type
+
+# The engine's own arguments that cannot change a run's numbers, and why. A trainer adds its own
+# (``run_identity(..., not_identity=...)``).
 NOT_IDENTITY = {
     "out": "the run folder itself",
-    "workers": "DataLoader workers; batches are the same whatever their number",
+    "workers": "DataLoader workers; every sample draws from its own generator, so batches are the same whatever their number",
     "log_every": "how often scalars are logged",
     "ckpt_every": "how often a checkpoint is written",
     "stop_at_step": "stop early as if interrupted; running again resumes to the same end",
     "progress_every": "how often a progress line is printed off a terminal",
     "sleep_per_step": "a slow-down for tests of interruption",
-    "save_predictions": "also writes the test predictions it scores",
-    "watch_cases": "a Dice curve on a few training-pool cases, for TensorBoard only",
 }
 
 
@@ -40,15 +41,23 @@ def file_digest(path: str | os.PathLike | None) -> str | None:
     return h.hexdigest()
 
 
-def run_identity(args: dict, files: dict[str, str | None] = (), leave_out=()) -> dict:
+def run_identity(args: dict, files: dict[str, str | None] = (), leave_out=(), not_identity=(),
+                 world_size: int | None = None) -> dict:
     """The identity of a run with arguments ``args`` (a dict, e.g. ``vars(namespace)``).
 
     ``files`` maps an argument name to the file it points at; the identity gets
     ``<name>_sha256`` for each. ``leave_out`` names further arguments that do not apply to
-    this run (a pretext task's options belong only to that task's runs).
+    this run (a pretext task's options belong only to that task's runs); ``not_identity`` the
+    trainer's own arguments that change no number. ``--device`` enters as the device type it
+    resolves to (``auto`` on a GPU machine is ``cuda``); ``world_size``, when given, is the number
+    of processes (it sets the global batch and the steps of an epoch).
     """
-    ident = {k: v for k, v in args.items() if k not in NOT_IDENTITY and k not in leave_out}
+    ident = {k: v for k, v in args.items() if k not in NOT_IDENTITY and k not in leave_out and k not in not_identity}
     ident = {k: list(v) if isinstance(v, tuple) else v for k, v in ident.items()}
+    if "device" in ident:
+        ident["device"] = device_type(ident["device"])
+    if world_size is not None:
+        ident["world_size"] = int(world_size)
     for name, path in dict(files).items():
         ident[f"{name}_sha256"] = file_digest(path)
     return dict(sorted(ident.items()))
@@ -58,6 +67,10 @@ def identity_diff(old: dict, new: dict) -> list[str]:
     """``["--lr 0.002 -> 0.1", "content of --split a1b2... -> c3d4...", ...]`` for every key whose
     value differs (a missing key reads as None)."""
     def name(k):  # "lr" -> --lr; "split_sha256" -> content of --split; "split__train_pool_sha256" -> train pool of --split
+        if k == "world_size":
+            return "world size (processes)"
+        if k == "device":
+            return "--device (type)"
         if not k.endswith("_sha256"):
             return "--" + k.replace("_", "-")
         arg, _, what = k.removesuffix("_sha256").partition("__")

@@ -3,14 +3,19 @@
 A trainer plugs in what is its own (a :class:`Trainer`: its batches, its forward pass and loss,
 what it logs, what it does after a step); the loop owns what every run shares: the learning-rate
 schedule, mixed precision, the optimizer step, logging to JSON lines / TensorBoard (x-axis:
-optimisation steps) / console,
-checkpoints (every ``ckpt_every`` steps, at epoch ends when asked, on a stop signal and at the
-end), resume, and stopping on SIGTERM / SIGUSR1 / SIGINT or at ``stop_at_step``.
+optimisation steps) / console, checkpoints (every ``ckpt_every`` steps, at epoch ends when
+asked, on a stop signal and at the end), resume, and stopping on SIGTERM / SIGUSR1 / SIGUSR2 /
+SIGINT or at ``stop_at_step``.
 
-Resume is exact: the checkpoint holds model, optimizer, scaler, step and the RNG states, the
-sampler restarts mid-epoch at the same batch, and rows past the checkpoint are dropped from the
+Resume is exact: the checkpoint holds model, optimizer, scaler, step and every process's RNG
+states, the batches of the whole run come from one iterator that starts at the checkpoint's step
+(each sample drawing from its own generator), and rows past the checkpoint are dropped from the
 log, so an interrupted and resumed run logs each step once and ends where an uninterrupted one
 would.
+
+With several processes (DDP), every process checks after each step whether any of them received
+a stop signal (one small all-reduce), so all stop after the same step; the main process writes
+the one checkpoint while the others wait for it.
 """
 from __future__ import annotations
 
@@ -22,19 +27,23 @@ from typing import Iterable
 
 import torch
 
-from .device import capture_rng, restore_rng, to_device
+from .device import agree, barrier, capture_rng, gather_objects, rank, restore_rng, to_device
 from .folder import RunFolder
 from .log import JsonlLog, Progress
 from .sampler import lr_at
 
+STOP_AT_STEP = 1000  # the code of --stop-at-step among the signal numbers of StopSignal.received
+
 
 class StopSignal:
-    """Turns SIGTERM / SIGUSR1 / SIGINT (SLURM pre-emption, Ctrl-C) into a flag the loop checks between steps."""
+    """Turns SIGTERM / SIGUSR1 / SIGUSR2 / SIGINT (pre-emption, SLURM's time-limit warning, Ctrl-C)
+    into a flag the loop checks between steps. ``received`` is the signal number (or
+    :data:`STOP_AT_STEP`); ``close`` gives the signals back to whoever handled them before."""
 
-    SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT)
+    SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2, signal.SIGINT)
 
     def __init__(self):
-        self.received: int | str | None = None
+        self.received: int = 0
         self.previous = {}
         for sig in self.SIGNALS:
             try:
@@ -43,16 +52,20 @@ class StopSignal:
                 pass
 
     def _handle(self, signum, frame):
-        self.received = signum
+        self.received = max(self.received, int(signum))
 
     def close(self) -> None:
-        """Give the signals back to whoever handled them before."""
         for sig, handler in self.previous.items():
             signal.signal(sig, handler)
         self.previous = {}
 
     def __bool__(self) -> bool:
-        return self.received is not None
+        return self.received != 0
+
+
+def stop_reason(code: int) -> str:
+    """``SIGTERM``, ``SIGUSR2``, ... or ``stop-at-step`` for a :class:`StopSignal` code."""
+    return "stop-at-step" if code == STOP_AT_STEP else signal.Signals(code).name
 
 
 def autocast(device: torch.device, enabled: bool):
@@ -69,7 +82,8 @@ def optimizer_step(loss: torch.Tensor, optimizer, scaler) -> None:
 
 
 class TrainState:
-    """What a checkpoint holds: model, optimizer, GradScaler, step, wall time so far, RNG states."""
+    """What a checkpoint holds: model, optimizer, GradScaler, step, wall time so far, and the RNG
+    states of every process (``rng[rank]``)."""
 
     def __init__(self, model: torch.nn.Module, optimizer, scaler, t_start: float | None = None):
         self.model, self.optimizer, self.scaler = model, optimizer, scaler
@@ -81,23 +95,28 @@ class TrainState:
         return self.elapsed_before + time.time() - self.t_start
 
     def state_dict(self) -> dict:
+        """The checkpoint. A collective with several processes: every process calls it at the same step."""
         return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
                 "scaler": self.scaler.state_dict(), "step": self.step, "elapsed_s": self.elapsed(),
-                "rng": capture_rng()}
+                "rng": gather_objects(capture_rng())}
 
     def load(self, ckpt: dict) -> None:
         self.model.load_state_dict(ckpt["model"])
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.scaler.load_state_dict(ckpt["scaler"])
-        restore_rng(ckpt["rng"])
+        states = ckpt["rng"]
+        if not isinstance(states, list) or rank() >= len(states):
+            raise ValueError(f"the checkpoint holds the random states of {len(states) if isinstance(states, list) else 1} "
+                             f"process(es), not of process {rank()}; remove the run folder to start afresh")
+        restore_rng(states[rank()])
         self.step, self.elapsed_before = ckpt["step"], ckpt["elapsed_s"]
 
 
 class Trainer:
     """What a trainer plugs into :func:`fit`. Override :meth:`batches` and :meth:`forward`."""
 
-    def batches(self, epoch: int, start: int) -> Iterable:
-        """The batches of epoch ``epoch`` from batch ``start`` on."""
+    def batches(self, start: int, total: int) -> Iterable:
+        """The batches of steps ``start`` to ``total`` (exclusive), as one iterable for the whole run."""
         raise NotImplementedError
 
     def forward(self, batch) -> dict:
@@ -150,19 +169,21 @@ def resume(run: RunFolder, state: TrainState, log_enabled: bool = True) -> Jsonl
 
 
 def fit(run: RunFolder, state: TrainState, trainer: Trainer, device: torch.device, s: LoopSettings,
-        log: JsonlLog, writer=None, main: bool = True) -> bool:
-    """Train from ``state.step`` to ``s.total``. Returns True when done, False when stopped (checkpoint saved)."""
+        log: JsonlLog, writer=None, main: bool = True) -> str | None:
+    """Train from ``state.step`` to ``s.total``. Returns None when done, else the reason it stopped
+    (``SIGTERM``, ``SIGUSR2``, ..., ``stop-at-step``); the checkpoint is saved either way."""
     model, optimizer = state.model, state.optimizer
     stop = StopSignal()
     progress = Progress(s.total, state.step, s.desc, s.progress_every, enabled=main)
-
     saved = [state.step if state.step else None]  # the step of the checkpoint on disk
+    halted = 0
 
     def save(why: str) -> None:
         saved[0] = state.step
+        ckpt = state.state_dict()  # every process: the RNG states are gathered
         if main:
-            run.save_checkpoint(state.state_dict())
-            if why == "stop" or not progress.tty:  # a line per checkpoint in log files, not on a terminal
+            run.save_checkpoint(ckpt)
+            if why.startswith("stop") or not progress.tty:  # a line per checkpoint in log files, not on a terminal
                 progress.write(f"checkpoint at step {state.step}/{s.total} ({why}) -> {run.path / 'checkpoint.pt'}")
 
     if state.step and main:
@@ -170,55 +191,56 @@ def fit(run: RunFolder, state: TrainState, trainer: Trainer, device: torch.devic
     t_rate, n_rate = time.perf_counter(), 0
     try:
         model.train()
-        while state.step < s.total and not stop:
-            epoch, start = divmod(state.step, s.per_epoch)
-            for batch in trainer.batches(epoch, start):
-                step = state.step
-                lr = lr_at(step, s.total, s.lr, s.warmup)
-                for group in optimizer.param_groups:
-                    group["lr"] = lr
-                trainer.before_step(step)
-                batch = to_device(batch, device, s.channels_last)
-                with autocast(device, s.amp):
-                    out = trainer.forward(batch)
-                optimizer_step(out["loss"], optimizer, state.scaler)
-                state.step = step = step + 1
-                n_rate += s.images_per_step
-                epoch_start = (step - 1) % s.per_epoch == 0
-                evaluated = trainer.evaluate(step)
-                logged = (step % s.log_every == 0 or step == s.total or (s.log_epoch_start and epoch_start)
-                          or bool(evaluated))
-                if logged:
-                    row = trainer.log_row(step, out)
-                    if not math.isfinite(row["loss"]):
-                        raise FloatingPointError(f"loss is {row['loss']} at step {step}; lower --lr")
-                    rate = n_rate / max(1e-9, time.perf_counter() - t_rate)
-                    t_rate, n_rate = time.perf_counter(), 0
-                    seen = step * s.images_per_step
-                    log.write(step=step, epoch=epoch, images=seen, **row, lr=lr, images_per_s=rate, **evaluated)
-                    if writer is not None:  # x-axis: optimisation steps
-                        for k, v in {**row, "lr": lr, "images_per_s": rate, "images_seen": seen}.items():
-                            writer.add_scalar(f"{s.tb_prefix}{k}", v, step)
-                    progress.update(step, loss=row["loss"])
-                else:
-                    progress.update(step)
-                trainer.after_step(step, batch, out, logged, epoch_start)
-                if s.sleep_per_step:
-                    time.sleep(s.sleep_per_step)
-                if s.stop_at_step and step == s.stop_at_step:
-                    stop.received = "stop-at-step"
-                if s.ckpt_every and step % s.ckpt_every == 0 and step < s.total:
-                    save("periodic")
-                if stop or step >= s.total:
-                    break
-            if stop or state.step >= s.total or s.checkpoint_each_epoch:
-                save("stop" if stop else "end" if state.step >= s.total else "epoch end")
-        if saved[0] != state.step:  # e.g. a run of 0 steps
+        for batch in (trainer.batches(state.step, s.total) if state.step < s.total else ()):
+            step = state.step
+            epoch = step // s.per_epoch
+            lr = lr_at(step, s.total, s.lr, s.warmup)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            trainer.before_step(step)
+            batch = to_device(batch, device, s.channels_last)
+            with autocast(device, s.amp):
+                out = trainer.forward(batch)
+            optimizer_step(out["loss"], optimizer, state.scaler)
+            state.step = step = step + 1
+            n_rate += s.images_per_step
+            epoch_start = (step - 1) % s.per_epoch == 0
+            evaluated = trainer.evaluate(step)
+            logged = (step % s.log_every == 0 or step == s.total or (s.log_epoch_start and epoch_start)
+                      or bool(evaluated))
+            if logged:
+                row = trainer.log_row(step, out)
+                if not math.isfinite(row["loss"]):
+                    raise FloatingPointError(f"loss is {row['loss']} at step {step}; lower --lr")
+                rate = n_rate / max(1e-9, time.perf_counter() - t_rate)
+                t_rate, n_rate = time.perf_counter(), 0
+                seen = step * s.images_per_step
+                log.write(step=step, epoch=epoch, images=seen, **row, lr=lr, images_per_s=rate, **evaluated)
+                if writer is not None:  # x-axis: optimisation steps
+                    for k, v in {**row, "lr": lr, "images_per_s": rate, "images_seen": seen}.items():
+                        writer.add_scalar(f"{s.tb_prefix}{k}", v, step)
+                progress.update(step, loss=row["loss"])
+            else:
+                progress.update(step)
+            trainer.after_step(step, batch, out, logged, epoch_start)
+            if s.sleep_per_step:
+                time.sleep(s.sleep_per_step)
+            if s.stop_at_step and step == s.stop_at_step:
+                stop.received = max(stop.received, STOP_AT_STEP)
+            halted = agree(stop.received)  # every process stops after the same step
+            if halted or step >= s.total:
+                break
+            if (s.ckpt_every and step % s.ckpt_every == 0) or (s.checkpoint_each_epoch and step % s.per_epoch == 0):
+                save("periodic" if s.ckpt_every and step % s.ckpt_every == 0 else "epoch end")
+        if halted:
+            save(f"stop: {stop_reason(halted)}")
+            barrier()  # no process leaves before the checkpoint is on disk
+        elif saved[0] != state.step:  # the end (or a run of 0 steps)
             save("end")
     finally:
         progress.close()
         stop.close()
-    if stop and main:
-        print(f"stopped ({stop.received}) at step {state.step}/{s.total}; checkpoint saved, run again to resume",
+    if halted and main:
+        print(f"stopped ({stop_reason(halted)}) at step {state.step}/{s.total}; checkpoint saved, run again to resume",
               flush=True)
-    return not stop
+    return stop_reason(halted) if halted else None

@@ -41,7 +41,8 @@ DEFAULTS = {
     "pretrain_dir": None,         # default: runs/pretrain beside runs_dir (shared by configs)
     "results_dir": None,          # default: results/<name>
     "cpus_per_job": 2,            # threads per job; jobs at once = cores // cpus_per_job
-    "timeout_min": 120,           # per job (submitit); local jobs are killed after it
+    "timeout_min": None,          # minutes per job: local jobs are killed after it (default 120); on SLURM the
+                                  #   time limit of every training job (default: the profile's time_min)
     "pretrain": {"epochs": 3, "batch_size": 32, "args": {}, "task_args": {}},
     "finetune": {"steps": 800, "batch_size": 32, "args": {}, "arch_args": {}},
     "embeddings": {"slices": 256},
@@ -122,7 +123,32 @@ def load_config(path: str | Path) -> dict:
     check_normalization(cfg, p)
     if cfg["groups"] and not Path(cfg["groups"]).is_file():
         raise ConfigError(f"{p}: groups file {cfg['groups']} does not exist")
+    check_numbers(cfg, p)
     return cfg
+
+
+def _count(value, least: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= least
+
+
+def check_numbers(cfg: dict, p: Path) -> None:
+    """Counts and sizes a run cannot do without, checked before anything starts (the runs' other
+    options are checked by the trainers themselves, see ``experiments.grid.check_runs``)."""
+    if not _count(cfg["cpus_per_job"], 1):
+        raise ConfigError(f"{p}: cpus_per_job must be an integer >= 1, got {cfg['cpus_per_job']!r}")
+    if cfg["timeout_min"] is not None and not _count(cfg["timeout_min"], 1):
+        raise ConfigError(f"{p}: timeout_min must be an integer >= 1 (minutes), got {cfg['timeout_min']!r}")
+    if not _count(cfg["embeddings"]["slices"], 1):
+        raise ConfigError(f"{p}: embeddings.slices must be an integer >= 1, got {cfg['embeddings']['slices']!r}")
+    pre = cfg["pretrain"]
+    if not _count(pre["epochs"], 1) or not _count(pre["batch_size"], 1):
+        raise ConfigError(f"{p}: pretrain.epochs and pretrain.batch_size must be integers >= 1, "
+                          f"got {pre['epochs']!r} and {pre['batch_size']!r}")
+    for f in cfg["fractions"]:
+        for key, least in (("steps", 1), ("batch_size", 1)):
+            value = per_fraction(cfg["finetune"][key], f, f"{p}: finetune.{key}")
+            if not _count(value, least):
+                raise ConfigError(f"{p}: finetune.{key} for fraction {f} must be an integer >= {least}, got {value!r}")
 
 
 def check_normalization(cfg: dict, p: Path) -> None:

@@ -20,12 +20,12 @@ from tqdm import tqdm
 import scans
 from atomicio import write_json
 from engine import ConfigError, lock_holder
-from slurm import TrainChain, make_executor, submit_grid
+from slurm import TrainChain, load_profile, make_executor, pretrain_world_size, submit_grid
 from slurm.jobs import last_line
 
 from .collect import collect
 from .grid import Run, all_label_seeds, finetune_runs, pretrain_runs, split_path
-from .state import move_aside, run_state
+from .state import check_runs, move_aside, run_state
 
 
 def make_split(cfg: dict) -> dict:
@@ -170,8 +170,9 @@ def schedule(runs: list[Run], executor, parallel: int, threads: int, elsewhere: 
     return failed
 
 
-def plan(cfg: dict) -> tuple[list[Run], list[Run], list[Run]]:
+def plan(cfg: dict, world_size: int = 1) -> tuple[list[Run], list[Run], list[Run]]:
     """(all runs, runs to run here, runs running elsewhere); moves aside folders with other settings.
+    ``world_size``: the processes of a pretraining run where the grid runs them.
 
     Pretraining runs come first, so a fine-tuning run whose encoder was moved aside is seen
     with the missing encoder (and so as another run) rather than with the stale one.
@@ -179,7 +180,7 @@ def plan(cfg: dict) -> tuple[list[Run], list[Run], list[Run]]:
     runs = pretrain_runs(cfg) + finetune_runs(cfg)
     todo, elsewhere = [], []
     for r in runs:
-        state = run_state(r)
+        state = run_state(r, world_size if r.kind == "pretrain" else None)
         if state == "other":
             print(f"{r.out} holds a run with other settings; moved to {move_aside(r)}")
             state = "new"
@@ -192,8 +193,14 @@ def plan(cfg: dict) -> tuple[list[Run], list[Run], list[Run]]:
 
 
 def check_device(cfg: dict, executor: str) -> None:
-    """Before anything starts: a grid run on this machine must ask for a device it has."""
-    if executor == "slurm" or not str(cfg["device"]).startswith("cuda"):
+    """Before anything starts: a grid run on this machine must ask for a device it has; a grid on SLURM
+    must name its device type (``auto`` would resolve on each node, and the device type is part of a
+    pretraining run's identity)."""
+    if executor == "slurm":
+        if cfg["device"] == "auto":
+            raise ConfigError(f"{cfg['config_path']}: a grid on SLURM needs device: cuda or device: cpu (not auto)")
+        return
+    if not str(cfg["device"]).startswith("cuda"):
         return
     import torch
 
@@ -206,10 +213,12 @@ def check_device(cfg: dict, executor: str) -> None:
 def reproduce(cfg: dict, executor: str = "local", profile: str | None = None) -> dict:
     """Bring every run of ``cfg`` to done, then collect. Returns {"failed": {...}, "results": dir}."""
     check_device(cfg, executor)
+    check_runs(pretrain_runs(cfg) + finetune_runs(cfg))  # every run's options, before anything is written
+    world = pretrain_world_size(load_profile(profile)) if executor == "slurm" else 1
     runs_dir = Path(cfg["runs_dir"])
     runs_dir.mkdir(parents=True, exist_ok=True)
     ensure_split(cfg)
-    runs, todo, elsewhere = plan(cfg)
+    runs, todo, elsewhere = plan(cfg, world)
     print(f"{cfg['name']}: {len(runs)} runs, {len(runs) - len(todo) - len(elsewhere)} already finished, "
           f"{len(elsewhere)} running elsewhere, {len(todo)} to run")
     if executor == "slurm":
@@ -217,7 +226,7 @@ def reproduce(cfg: dict, executor: str = "local", profile: str | None = None) ->
     failed = {}
     if todo:
         parallel = max_parallel(cfg, executor)
-        ex = make_executor(executor, runs_dir / "jobs", timeout_min=int(cfg["timeout_min"]))
+        ex = make_executor(executor, runs_dir / "jobs", timeout_min=cfg["timeout_min"])
         failed = schedule(todo, ex, parallel, int(cfg["cpus_per_job"]), elsewhere)
     results = collect(cfg)
     if failed:

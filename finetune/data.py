@@ -10,8 +10,9 @@ shuffles that list per epoch. ``fg_repeat=1`` is uniform sampling. A slice large
 training size gives a random patch of it each time (a third of them on foreground).
 
 Augmentation is applied to a sample with probability ``aug_prob`` (the rest are seen as they
-are) and seeded per sample from ``(seed, epoch, position)``, so a run gives the same batches
-whatever the number of DataLoader workers and after a resume.
+are) and seeded per sample from ``(seed, epoch, position)`` (``scans.sample_rng``, the key that
+``engine.ResumableSampler`` hands the dataset), so a run gives the same batches whatever the number
+of DataLoader workers and after a resume.
 """
 from __future__ import annotations
 
@@ -25,7 +26,6 @@ import torch
 from torch.utils.data import Dataset
 
 import scans
-import engine
 
 
 def read_class_names(data_dir) -> dict[str, str] | None:
@@ -105,25 +105,28 @@ def select(data_dir, split_file, fraction: float, label_seed: int, val_cases: in
     return Selection(pick(train_ids), pick(val_ids), pick(watch_ids), pick(test_ids))
 
 
-def infer_num_classes(class_names: dict | None, loaded: list[scans.LoadedCase]) -> int:
-    """Number of classes: from ``dataset.json`` labels, else the largest training label + 1 (at least 2)."""
+def _labelled(cases: Selection) -> list:
+    return cases.train + cases.val + cases.watch + cases.test
+
+
+def infer_num_classes(class_names: dict | None, cases: Selection) -> int:
+    """Number of classes: from ``dataset.json`` labels, else the largest label value of the run's cases + 1 (at least 2)."""
     if class_names:
         return max(2, max(int(k) for k in class_names) + 1)
-    return max(2, max(int(c.label.max()) for c in loaded) + 1)
+    return max(2, max(max(scans.label_values(c.label), default=0) for c in _labelled(cases)) + 1)
 
 
-class EpochPositions(torch.utils.data.Sampler):
-    """Wraps ``engine.ResumableSampler`` to yield ``(epoch, position)`` keys for seeded augmentation."""
-
-    def __init__(self, sampler: engine.ResumableSampler):
-        self.sampler = sampler
-
-    def __iter__(self):
-        epoch = self.sampler.epoch
-        return ((epoch, i) for i in self.sampler)
-
-    def __len__(self) -> int:
-        return len(self.sampler)
+def check_labels(cases: Selection, num_classes: int, class_names: dict | None) -> None:
+    """Every label value of the run's cases is a class of the run (``dataset.json``'s labels, else 0 to
+    ``num_classes - 1``); ScanError naming the file and the values otherwise. Reads the label files only."""
+    allowed = {int(k) for k in class_names} if class_names else set(range(num_classes))
+    allowed &= set(range(num_classes))
+    names = f" ({', '.join(f'{k} {v}' for k, v in sorted(class_names.items(), key=lambda kv: int(kv[0])))})" if class_names else ""
+    for c in _labelled(cases):
+        bad = sorted(scans.label_values(c.label) - allowed)
+        if bad:
+            raise scans.ScanError(c.label, f"label values {bad[:5]} are not classes of this run: expected "
+                                           f"{sorted(allowed)}{names}")
 
 
 def resample_case(c: scans.LoadedCase, axis: int, target) -> scans.LoadedCase:
@@ -192,9 +195,9 @@ class TrainSlices(Dataset):
         i = self.table[pos]
         img, mask = self.images[i], self.labels[i]
         if img.shape != self.size:  # a random patch; slices no larger than --size need no draw
-            img, mask = self.patch(i, np.random.default_rng([self.seed, epoch, pos, 1]))
+            img, mask = self.patch(i, scans.sample_rng(self.seed, epoch, pos, 1))
         if self.transform is not None:
-            rng = np.random.default_rng([self.seed, epoch, pos])
+            rng = scans.sample_rng(self.seed, epoch, pos)
             if rng.random() < self.aug_prob:
                 self.transform.set_random_state(rng, random.Random(int(rng.integers(2**63))))
                 res = self.transform(image=img, mask=mask)

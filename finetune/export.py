@@ -27,7 +27,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser("python -m finetune.export", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--run", required=True, help="a finished fine-tuning run folder (holds model.pt)")
-    p.add_argument("--out", required=True, help="the .onnx file to write")
+    p.add_argument("--out", required=True, help="the .onnx file to write (an existing .onnx file is replaced)")
     p.add_argument("--opset", type=int, default=18, help="ONNX opset version")
     p.add_argument("--tolerance", type=float, default=1e-4, help="largest allowed |onnxruntime - PyTorch| of the logits")
     return p
@@ -63,6 +63,15 @@ def max_difference(model: torch.nn.Module, onnx_file, shapes=((2, 1, 48, 64), (1
     return worst
 
 
+def check_out(out) -> None:
+    """``--out`` must be an ``.onnx`` file (so never a run's model.pt, config or checkpoint) and not a folder."""
+    p = Path(out)
+    if p.suffix.lower() != ".onnx":
+        raise ValueError(f"--out {out}: the file to write must end in .onnx (nothing else is written over)")
+    if p.is_dir():
+        raise ValueError(f"--out {out} is a folder; give the .onnx file to write")
+
+
 def main(argv=None) -> int:
     args = get_args_parser().parse_args(argv)
     try:
@@ -72,11 +81,12 @@ def main(argv=None) -> int:
         print('error: ONNX export needs the onnx extra: pip install -e ".[onnx]"', file=sys.stderr)
         return 2
     try:
+        check_out(args.out)
         model, spec = load_model(args.run, "cpu")
-    except (ValueError, FileNotFoundError) as e:
+        out = export(model, args.out, spec["size"], args.opset)
+    except (ValueError, OSError) as e:  # OSError: a place that cannot be written
         print(f"error: {e}", file=sys.stderr)
         return 2
-    out = export(model, args.out, spec["size"], args.opset)
     diff = max_difference(model.to(memory_format=torch.contiguous_format), out)
     print(f"exported {spec['arch']} ({spec['encoder']}, {spec['num_classes']} classes) to {out}; "
           f"onnxruntime vs PyTorch max |difference| of the logits {diff:.2e}", flush=True)

@@ -14,23 +14,24 @@
 The defaults are the quick CPU profile, tuned on a validation split of the training pool:
 48x64 slices, 1000 AdamW steps of 32 at lr 3e-3 (5% warm-up, cosine), half of the samples
 augmented; about 2 minutes for unet_tiny and 3 for TransUNet tiny on 2 cores. Writes RUN_DIR/{config.json, log.jsonl, checkpoint.pt, metrics.json} and
-TensorBoard events (losses, lr, validation Dice, test overlays, hparams) in RUN_DIR. Running the
+TensorBoard events (losses, lr, validation Dice, test overlays, hparams) in RUN_DIR, and at the end
+RUN_DIR/model.pt (the segmenter with how the evaluation applied it: slice axis, size, spacing,
+normalisation, flips, TTA, AMP; python -m finetune.predict and finetune.export read it). Running the
 same command again resumes from RUN_DIR/checkpoint.pt (written every --ckpt-every steps and on
-SIGTERM/SIGUSR1) and ends at the same step count; once metrics.json exists, the same command
-reports the run as done and repeats nothing. Any other result-affecting argument in the same
-RUN_DIR is refused (exit code 2); so is a second process while one works on RUN_DIR.
+SIGTERM/SIGUSR1/SIGUSR2/SIGINT) and ends at the same step count; once metrics.json exists, the same
+command reports the run as done and repeats nothing. Any other result-affecting argument in the same
+RUN_DIR is refused (exit code 2); so is a second process while one works on RUN_DIR, and so are
+labels outside the dataset's classes, before anything is written.
 """
 from __future__ import annotations
 
 import argparse
 import math
-import sys
 import time
 from collections import deque
 from pathlib import Path
 
 import torch
-from torch.utils.data import DataLoader
 
 import engine
 import models
@@ -47,7 +48,8 @@ METRICS = "metrics.json"
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser("python -m finetune", description=__doc__, add_help=add_help,
-                                parents=[engine.runtime_parser(log_every=20, ckpt_every=200, workers=0)],
+                                parents=[engine.runtime_parser(log_every=20, ckpt_every=200, workers=0),
+                                         engine.optimizer_parser(lr=3e-3, weight_decay=1e-4)],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--arch", required=True, choices=sorted(models.ARCHS))
     p.add_argument("--encoder", default=None,
@@ -65,9 +67,6 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     g = p.add_argument_group("optimisation")
     g.add_argument("--steps", type=int, default=1000, help="optimisation steps")
     g.add_argument("--batch-size", type=int, default=32, help="slices per step")
-    g.add_argument("--lr", type=float, default=3e-3, help="peak AdamW learning rate")
-    g.add_argument("--weight-decay", type=float, default=1e-4)
-    g.add_argument("--warmup-fraction", type=float, default=0.05, help="fraction of the steps in linear warm-up, then cosine")
     g.add_argument("--freeze-encoder-steps", type=int, default=0,
                    help="keep the encoder frozen (weights and BatchNorm statistics) for the first N steps")
     g.add_argument("--loss", choices=LOSSES, default="ce_dice")
@@ -108,12 +107,20 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     return p
 
 
+# Fine-tuning's own arguments that change no number (beside engine.NOT_IDENTITY), and why.
+NOT_IDENTITY = {
+    "save_predictions": "also writes the test predictions it scores",
+    "watch_cases": "a Dice curve on a few training-pool cases, for TensorBoard only",
+}
+
+
 def run_identity(args) -> dict:
-    """What makes two fine-tuning runs the same run: every result-affecting argument, the split and init files."""
+    """What makes two fine-tuning runs the same run: every result-affecting argument (the device as
+    its type), the split and init files."""
     init_file = args.init if args.init not in ("random", "imagenet") else None
     ident = engine.run_identity(vars(args), files={"split": args.split, "init": init_file,
-                                                   "imagenet_weights": args.imagenet_weights})
-    ident["device"] = args.device.split(":")[0]  # cuda:0 and cuda:1 give the same numbers
+                                                   "imagenet_weights": args.imagenet_weights},
+                                not_identity=NOT_IDENTITY)
     ident["flip_axes"] = list(resolve_flip_axes(args))  # "auto" as the dataset's protocol resolves it
     return ident
 
@@ -132,15 +139,22 @@ def slice_flip_axes(args) -> tuple[int, ...]:
 
 
 def check_args(args) -> None:
+    """Refuse, before anything is created, options that cannot run (ConfigError / ValueError / FileNotFoundError)."""
     engine.check_runtime_args(args)
+    engine.resolve_device(args.device)
+    scans.check_fraction(args.fraction)
+    if min(args.size) < 1:
+        raise engine.ConfigError(f"--size must be positive, got {args.size}")
+    if args.class_weights is not None and not all(math.isfinite(w) and w >= 0 for w in args.class_weights):
+        raise engine.ConfigError(f"--class-weights must be finite numbers >= 0, got {args.class_weights}")
+    if not (math.isfinite(args.focal_gamma) and args.focal_gamma >= 0):
+        raise engine.ConfigError(f"--focal-gamma must be a finite number >= 0, got {args.focal_gamma}")
     for name in ("steps", "freeze_encoder_steps", "max_test_cases", "val_cases", "watch_cases", "num_classes"):
         if getattr(args, name) < 0:
             raise engine.ConfigError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(args, name)}")
     for name in ("batch_size", "eval_every"):
         if getattr(args, name) < 1:
             raise engine.ConfigError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
-    if not 0 <= args.warmup_fraction < 1:
-        raise engine.ConfigError(f"--warmup-fraction must be in [0, 1), got {args.warmup_fraction}")
     if args.axis not in (0, 1, 2):
         raise engine.ConfigError(f"--axis must be 0, 1 or 2, got {args.axis}")
     scans.normalization_of(args)  # ValueError for --window without --norm ct and the reverse
@@ -228,19 +242,17 @@ class SegmentationTrainer(engine.Trainer):
     """The fine-tuning step: segmentation loss (pixel term + Dice), encoder freezing, periodic
     validation (``val_loaded``) and watch Dice (``watch_loaded``)."""
 
-    def __init__(self, model, loss_fn, dataset, sampler, args, cuda: bool, writer, val_loaded, num_classes, device,
+    def __init__(self, model, loss_fn, dataset, sampler, args, writer, val_loaded, num_classes, device,
                  watch_loaded=()):
         self.model, self.loss_fn, self.dataset, self.sampler, self.args = model, loss_fn, dataset, sampler, args
-        self.cuda, self.writer, self.val_loaded, self.num_classes, self.device = cuda, writer, val_loaded, num_classes, device
+        self.writer, self.val_loaded, self.num_classes, self.device = writer, val_loaded, num_classes, device
         self.watch_loaded = list(watch_loaded)
         self.recent = deque(maxlen=50)  # the logged loss is the mean of the last 50 steps
         self.val_dice = None
 
-    def batches(self, epoch, start):
-        self.sampler.set_epoch(epoch, start)
-        return DataLoader(self.dataset, batch_size=self.args.batch_size, sampler=data.EpochPositions(self.sampler),
-                          num_workers=engine.default_workers(self.args.workers), worker_init_fn=engine.worker_init,
-                          pin_memory=self.cuda, drop_last=True, generator=torch.Generator().manual_seed(self.args.seed))
+    def batches(self, start, total):
+        return engine.make_loader(self.dataset, self.sampler.set_range(start, total), self.args.batch_size,
+                                  self.args.workers, self.device, self.args.seed)
 
     def before_step(self, step):
         set_encoder_frozen(self.model, step < self.args.freeze_encoder_steps)
@@ -285,25 +297,26 @@ def run(args) -> dict:
     if done is not None:
         print(f"already done: {folder.path / METRICS} (mean test Dice {done['mean_dice']:.4f})", flush=True)
         return done
+    cases = data.select(args.data, args.split, args.fraction, args.label_seed, args.val_cases, args.max_test_cases,
+                        args.watch_cases)
+    class_names = data.read_class_names(args.data)
+    num_classes = args.num_classes or data.infer_num_classes(class_names, cases)
+    data.check_labels(cases, num_classes, class_names)  # a label outside the classes: refused before anything starts
     with folder:
-        return train(args, folder, t_start)
+        return train(args, folder, cases, class_names, num_classes, t_start)
 
 
-def train(args, folder: engine.RunFolder, t_start: float) -> dict:
+def train(args, folder: engine.RunFolder, cases: data.Selection, class_names: dict | None, num_classes: int,
+          t_start: float) -> dict:
     """Build the segmenter, train it through the engine's loop, evaluate on the test set, write metrics.json."""
     tty = engine.on_terminal()
     device = engine.resolve_device(args.device)
-    cuda = device.type == "cuda"
-    cases = data.select(args.data, args.split, args.fraction, args.label_seed, args.val_cases, args.max_test_cases,
-                        args.watch_cases)
     train_cases, val_cases, test_cases, watch = cases.train, cases.val, cases.test, cases.watch
     flips = slice_flip_axes(args)
     norm = scans.normalization_of(args)
     loaded = scans.load_cases(train_cases + val_cases + watch, norm=norm, progress=tty)
     train_loaded, val_loaded = loaded[: len(train_cases)], loaded[len(train_cases): len(train_cases) + len(val_cases)]
     watch_loaded = loaded[len(train_cases) + len(val_cases):]
-    class_names = data.read_class_names(args.data)
-    num_classes = args.num_classes or data.infer_num_classes(class_names, train_loaded)
     loss_fn = SegmentationLoss(args.loss, num_classes, args.class_weights, args.focal_gamma)
     engine.seed_everything(args.seed)
     model, init_info = build_model(args, num_classes)
@@ -323,12 +336,9 @@ def train(args, folder: engine.RunFolder, t_start: float) -> dict:
           f"{models.count_parameters(model) / 1e6:.2f} M params; {total} steps of {args.batch_size}"
           + (f"; {dataset.num_larger} slices larger than {args.size[0]}x{args.size[1]} give random patches"
              if dataset.num_larger else ""), flush=True)
-    model.to(device).to(memory_format=torch.channels_last)  # CPU too: U-Net +11%, TransUNet +32% images/s here
+    model = engine.prepare_model(model, device)
     loss_fn.to(device)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay, foreach=True)  # foreach: a 1.5x faster optimizer step on CPU too
-    scaler = torch.amp.GradScaler("cuda", enabled=args.amp and cuda)
-    state = engine.TrainState(model, optimizer, scaler, t_start=t_start)
-    log = engine.resume(folder, state)
+    state, log = engine.start_training(folder, model, args, device, t_start)
     if state.step == 0:
         folder.write_config(args=vars(args), provenance=provenance, init=init_info, num_classes=num_classes,
                             train_cases=[c.case_id for c in train_cases], val_cases=[c.case_id for c in val_cases],
@@ -338,16 +348,14 @@ def train(args, folder: engine.RunFolder, t_start: float) -> dict:
     if state.step == 0:
         engine.write_run_text(writer, "finetune", vars(args), provenance, {"init": init_info, "identity": folder.identity,
                               "train_cases": [c.case_id for c in train_cases], "watch_cases": [c.case_id for c in watch]})
-    trainer = SegmentationTrainer(model, loss_fn, dataset, sampler, args, cuda, writer, val_loaded, num_classes, device,
+    trainer = SegmentationTrainer(model, loss_fn, dataset, sampler, args, writer, val_loaded, num_classes, device,
                                   watch_loaded)
-    settings = engine.LoopSettings(
-        total=total, per_epoch=sampler.batches_per_epoch, lr=args.lr, warmup=max(1, round(args.warmup_fraction * total)),
-        images_per_step=args.batch_size, amp=args.amp, log_every=args.log_every, ckpt_every=args.ckpt_every,
-        stop_at_step=args.stop_at_step, progress_every=args.progress_every, sleep_per_step=args.sleep_per_step,
-        tb_prefix="train/", desc=f"finetune {args.arch}")
+    settings = engine.loop_settings(args, total, sampler.batches_per_epoch, args.batch_size, tb_prefix="train/",
+                                    desc=f"finetune {args.arch}")
     with engine.deterministic_on_cpu(device), writer:
-        if not engine.fit(folder, state, trainer, device, settings, log, writer):
-            return {"status": "interrupted", "step": state.step, "steps_total": total}
+        stopped = engine.fit(folder, state, trainer, device, settings, log, writer)
+        if stopped:
+            return {"status": "interrupted", "step": state.step, "steps_total": total, "signal": stopped}
         train_time = state.elapsed()
 
         t_eval = time.time()
@@ -375,7 +383,7 @@ def train(args, folder: engine.RunFolder, t_start: float) -> dict:
 
     save_model(folder.path, model, arch=args.arch, encoder=init_info["encoder"], encoder_kwargs=init_info["encoder_kwargs"],
                num_classes=num_classes, class_names=class_names, axis=args.axis, size=args.size,
-               normalization=norm, flip_axes=resolve_flip_axes(args), spacing=args.spacing)
+               normalization=norm, flip_axes=resolve_flip_axes(args), spacing=args.spacing, tta=args.tta, amp=args.amp)
     metrics = {"status": "done", **summary, "class_names": class_names, "num_classes": num_classes,
                "cases": per_case, "train_cases": [c.case_id for c in train_cases],
                "val_cases": [c.case_id for c in val_cases], "test_cases": [c.case_id for c in test_cases],
@@ -396,10 +404,4 @@ def train(args, folder: engine.RunFolder, t_start: float) -> dict:
 
 
 def main(argv=None) -> int:
-    args = get_args_parser().parse_args(argv)
-    try:
-        res = run(args)
-    except (scans.ScanError, ValueError, FileNotFoundError, engine.RunBusy) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    return 0 if res["status"] == "done" else 143
+    return engine.main(run, get_args_parser(), argv)

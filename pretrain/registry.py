@@ -8,11 +8,13 @@ The protocol a task follows (see :class:`PretextTask`):
   with another task's; they belong to this task's run identity only);
 - ``__init__(args, encoder)`` builds, from the parsed arguments and a fresh encoder:
   ``self.views``: the dataset transform, ``(slice HxW float32 padded, content box
-  (top, left, h, w)) -> sample``, collated by the DataLoader into a batch;
+  (top, left, h, w), rng) -> sample``, collated by the DataLoader into a batch; ``rng`` is the
+  sample's own ``numpy`` generator (``scans.sample_rng``), the only source of its random draws;
   ``self.model``: an ``nn.Module`` holding ``encoder`` as ``.encoder``, whose
   ``forward(batch)`` returns ``{"loss": scalar, "accuracy": scalar}``;
   ``self.chance``: the accuracy of guessing;
-- ``preview(batch)``: up to 18 images (N, 1, h, w) in [0, 1] of what the model sees;
+- ``preview(batch)``: up to 18 images (N, 1, h, w) in [0, 1] of what the model sees, made from the
+  batch alone (it draws no random number: the training's streams stay as they are);
 - ``encoder_meta()``: what ``encoder.pt`` must carry beside the weights (e.g. the permutations).
 
 Adding a task: write ``pretrain/tasks/NAME.py`` with a ``@register``-ed subclass, and its test.

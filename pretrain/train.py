@@ -9,20 +9,21 @@
 
 Writes RUN_DIR/{config.json, log.jsonl, checkpoint.pt, summary.json, encoder.pt} and TensorBoard
 events. Running the same command again resumes from RUN_DIR/checkpoint.pt (written every
-epoch, every --ckpt-every steps and on SIGTERM/SIGUSR1) and ends at the same step count, or,
-once the run is finished, does nothing. Any other result-affecting argument in the same
-RUN_DIR is refused (exit code 2); so is a second process while one works on RUN_DIR.
+epoch, every --ckpt-every steps and on SIGTERM/SIGUSR1/SIGUSR2/SIGINT, which every process of a
+DDP run agrees on) and ends at the same step count with the same encoder, or, once the run is
+finished, does nothing. Any other result-affecting argument in the same RUN_DIR (the number of
+processes and the device type included) is refused (exit code 2); so is a second process while
+one works on RUN_DIR. Every random draw of a view comes from the sample's own generator
+(seed, epoch, slice), so --workers changes nothing.
 """
 from __future__ import annotations
 
 import argparse
 import hashlib
 import json
-import sys
 import time
 
 import torch
-from torch.utils.data import DataLoader
 
 import engine
 import models
@@ -37,7 +38,8 @@ SUMMARY = "summary.json"
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser("python -m pretrain", description=__doc__, add_help=add_help,
-                                parents=[engine.runtime_parser(log_every=10, ckpt_every=0, workers=-1)],
+                                parents=[engine.runtime_parser(log_every=10, ckpt_every=0, workers=-1),
+                                         engine.optimizer_parser(lr=2e-3, weight_decay=0.05)],
                                 epilog="pretext tasks:\n" + describe_tasks(),
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--task", required=True, choices=sorted(TASKS), help="pretext task (listed below)")
@@ -47,10 +49,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=int, default=10)
     p.add_argument("--steps", type=int, default=0, help="total optimisation steps (overrides --epochs when > 0)")
     p.add_argument("--batch-size", type=int, default=32, help="slices per process and step")
-    p.add_argument("--lr", type=float, default=2e-3)
-    p.add_argument("--weight-decay", type=float, default=0.05)
-    p.add_argument("--warmup-fraction", type=float, default=0.05, help="fraction of the steps spent in linear warm-up")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="weights, slice order and every view's random draws")
     p.add_argument("--size", type=int, nargs=2, default=[48, 64], help="slice size H W after pad/crop")
     p.add_argument("--axis", type=int, default=2, help="slice axis of the volumes")
     p.add_argument("--max-cases", type=int, default=0, help="use only the first N training-pool cases (tests)")
@@ -60,14 +59,16 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     return p
 
 
-def run_identity(args) -> dict:
+def run_identity(args, world_size: int | None = None) -> dict:
     """What makes two pretraining runs the same run: every result-affecting argument of this task,
-    and the training pool of the split (not the split file: its test set and label fractions do
-    not reach pretraining, so splits with other label seeds share one pretraining run)."""
+    the number of processes (``world_size``, default: this launch's; it sets the global batch and
+    the steps of an epoch), the device type, and the training pool of the split (not the split
+    file: its test set and label fractions do not reach pretraining, so splits with other label
+    seeds share one pretraining run)."""
     other_tasks = {o for name in TASKS if name != args.task for o in task_options(name)}
-    ident = engine.run_identity(vars(args), leave_out=other_tasks | {"split"})
+    ident = engine.run_identity(vars(args), leave_out=other_tasks | {"split"},
+                                world_size=engine.world_size() if world_size is None else world_size)
     ident["split__train_pool_sha256"] = train_pool_digest(args.split)
-    ident["device"] = args.device.split(":")[0]  # cuda:0 and cuda:1 give the same numbers
     if "flip_axes" in ident:  # "auto" as the dataset's protocol resolves it
         ident["flip_axes"] = list(scans.resolve_flip_axes(args.flip_axes, args.data))
     return ident
@@ -83,7 +84,9 @@ def train_pool_digest(split_file) -> str | None:
 
 
 def check_args(args) -> None:
+    """Refuse, before anything is created, options that cannot run (ConfigError / ValueError)."""
     engine.check_runtime_args(args)
+    engine.resolve_device(args.device)
     if scans.normalization_of(args).mode == "zscore":  # also: ValueError for --window without --norm ct and the reverse
         raise engine.ConfigError("--norm zscore: pretext views assume intensities in [0, 1]; use --norm percentile or ct")
     for name in ("epochs", "steps", "max_cases"):
@@ -93,10 +96,10 @@ def check_args(args) -> None:
         raise engine.ConfigError(f"--batch-size must be >= 1, got {args.batch_size}")
     if args.steps == 0 and args.epochs == 0:
         raise engine.ConfigError("--epochs and --steps are both 0: nothing to train")
-    if not 0 <= args.warmup_fraction < 1:
-        raise engine.ConfigError(f"--warmup-fraction must be in [0, 1), got {args.warmup_fraction}")
     if args.axis not in (0, 1, 2):
         raise engine.ConfigError(f"--axis must be 0, 1 or 2, got {args.axis}")
+    if min(args.size) < 1:
+        raise engine.ConfigError(f"--size must be positive, got {args.size}")
 
 
 def training_cases(args) -> list:
@@ -129,36 +132,29 @@ def probe_sets_of(args):
 class PretextTrainer(engine.Trainer):
     """The pretraining step: a pretext task's forward pass, its loss and accuracy, and view previews."""
 
-    def __init__(self, task, net, dataset, sampler, args, workers: int, cuda: bool, writer, images_per_step: int):
+    def __init__(self, task, net, dataset, sampler, args, device, writer):
         self.task, self.net, self.dataset, self.sampler, self.args = task, net, dataset, sampler, args
-        self.workers, self.cuda, self.writer, self.images_per_step = workers, cuda, writer, images_per_step
+        self.device, self.writer = device, writer
 
-    def batches(self, epoch, start):
-        self.sampler.set_epoch(epoch, start)
-        # its own generator: starting a pass must not draw from the global RNG the views use, or a
-        # resumed run (which starts a pass mid-epoch) would see other views than an uninterrupted one
-        return DataLoader(self.dataset, batch_size=self.args.batch_size, sampler=self.sampler, num_workers=self.workers,
-                          worker_init_fn=engine.worker_init, pin_memory=self.cuda, drop_last=True,
-                          generator=torch.Generator().manual_seed(self.args.seed * 1000 + epoch))
+    def batches(self, start, total):
+        return engine.make_loader(self.dataset, self.sampler.set_range(start, total), self.args.batch_size,
+                                  self.args.workers, self.device, self.args.seed)
 
     def forward(self, batch):
         return self.net(batch)
 
     def after_step(self, step, batch, out, logged, epoch_start):
-        if self.writer is not None and logged and epoch_start:
-            with torch.random.fork_rng(devices=[]):  # a preview must not change the training's random stream
-                views = self.task.preview(batch).float().cpu()
-            self.writer.add_images(f"pretrain/{self.args.task}/views", views, step)
+        if self.writer is not None and logged and epoch_start:  # views come from the batch: a preview draws nothing
+            self.writer.add_images(f"pretrain/{self.args.task}/views", self.task.preview(batch).float().cpu(), step)
 
 
 def run(args) -> dict:
     """Train; return the summary dict (also written to RUN_DIR/summary.json)."""
     t_start = time.time()
     check_args(args)
-    device = engine.resolve_device(args.device)
-    rank, world, device = engine.setup_distributed(device)
+    rank, world, device = engine.setup_distributed(engine.resolve_device(args.device))
     main_proc = rank == 0
-    folder = engine.RunFolder(args.out, run_identity(args), SUMMARY)
+    folder = engine.RunFolder(args.out, run_identity(args, world), SUMMARY)
     done = folder.finished()
     if done is not None:
         if main_proc:
@@ -167,10 +163,13 @@ def run(args) -> dict:
         return done
     if main_proc:
         folder.claim()
+    failed = True
     try:
-        return train(args, folder, device, rank, world, t_start)
+        result = train(args, folder, device, rank, world, t_start)
+        failed = False
+        return result
     finally:
-        folder.release()
+        folder.release(failed=failed)
 
 
 def train(args, folder: engine.RunFolder, device: torch.device, rank: int, world: int, t_start: float) -> dict:
@@ -179,47 +178,38 @@ def train(args, folder: engine.RunFolder, device: torch.device, rank: int, world
     provenance = engine.provenance() if main_proc else {}
     if main_proc:
         engine.print_header("pretrain", folder, provenance)
-    engine.seed_everything(args.seed + rank)
-    cuda = device.type == "cuda"
+    engine.seed_everything(args.seed + rank)  # initial weights (rank 0's are broadcast); the views draw per sample
 
     loaded = scans.load_cases(training_cases(args), scans.normalization_of(args), with_label=False,
                               progress=main_proc and engine.on_terminal())
     encoder = models.create_encoder(args.encoder, in_chans=1)
     task = TASKS[args.task](args, encoder)
-    model = task.model
-    dataset = scans.UnlabelledSlices(loaded, size=tuple(args.size), axis=args.axis, transform=task.views)
+    dataset = scans.UnlabelledSlices(loaded, size=tuple(args.size), axis=args.axis, transform=task.views, seed=args.seed)
     sampler = engine.ResumableSampler(len(dataset), args.batch_size, args.seed, rank, world)
     per_epoch = sampler.batches_per_epoch
     total = args.steps if args.steps > 0 else args.epochs * per_epoch
 
-    model.to(device).to(memory_format=torch.channels_last)  # CPU too: U-Net +11%, TransUNet +32% images/s here
-    optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay, foreach=True)  # foreach: a 1.5x faster optimizer step on CPU too
-    scaler = torch.amp.GradScaler("cuda", enabled=args.amp and cuda)
-    state = engine.TrainState(model, optimizer, scaler, t_start=t_start)
-    log = engine.resume(folder, state, log_enabled=main_proc)
+    model = engine.prepare_model(task.model, device)
+    state, log = engine.start_training(folder, model, args, device, t_start, main=main_proc)
     probe = probe_sets_of(args) if main_proc else None
     if state.step == 0 and main_proc:
-        folder.write_config(args=vars(args), provenance=provenance, slices=len(dataset),
+        folder.write_config(args=vars(args), provenance=provenance, slices=len(dataset), world_size=world,
                             cases=[c.case_id for c in loaded], steps_total=total, steps_per_epoch=per_epoch,
                             knn_accuracy_start=probe and knn_accuracy(encoder, *probe, device))
-    net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if cuda else None) if world > 1 else model
+    net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None) \
+        if world > 1 else model
     writer = engine.tensorboard_writer(folder.path, purge_step=state.step) if main_proc else None
     if writer is not None and state.step == 0:
         engine.write_run_text(writer, "pretrain", vars(args), provenance, {"identity": folder.identity, "steps_total": total})
         if (folder.config() or {}).get("knn_accuracy_start") is not None:
             writer.add_scalar("encoder/knn_accuracy", folder.config()["knn_accuracy_start"], 0)
-    images_per_step = args.batch_size * world
-    settings = engine.LoopSettings(
-        total=total, per_epoch=per_epoch, lr=args.lr, warmup=max(1, int(args.warmup_fraction * total)),
-        images_per_step=images_per_step, amp=args.amp, log_every=args.log_every, ckpt_every=args.ckpt_every,
-        checkpoint_each_epoch=True, log_epoch_start=True, stop_at_step=args.stop_at_step,
-        progress_every=args.progress_every, sleep_per_step=args.sleep_per_step,
-        tb_prefix="pretrain/", desc=f"pretrain {args.task}")
-    trainer = PretextTrainer(task, net, dataset, sampler, args, engine.default_workers(args.workers), cuda, writer,
-                             images_per_step)
+    settings = engine.loop_settings(args, total, per_epoch, args.batch_size * world, checkpoint_each_epoch=True,
+                                    log_epoch_start=True, tb_prefix="pretrain/", desc=f"pretrain {args.task}")
+    trainer = PretextTrainer(task, net, dataset, sampler, args, device, writer)
     try:
-        if not engine.fit(folder, state, trainer, device, settings, log, writer, main=main_proc):
-            return {"status": "interrupted", "step": state.step, "steps_total": total}
+        stopped = engine.fit(folder, state, trainer, device, settings, log, writer, main=main_proc)
+        if stopped:
+            return {"status": "interrupted", "step": state.step, "steps_total": total, "signal": stopped}
         summary = {"status": "done", "task": args.task, "encoder": args.encoder, "step": state.step,
                    "steps_total": total, "final_accuracy": final_accuracy(log.rows(), total - per_epoch),
                    "chance": task.chance, "slices": len(dataset), "cases": len(loaded), "world_size": world,
@@ -267,12 +257,4 @@ def write_outputs(args, folder, task, encoder, case_ids, summary, probe, device,
 
 
 def main(argv=None) -> int:
-    args = get_args_parser().parse_args(argv)
-    try:
-        res = run(args)
-    except (scans.ScanError, ValueError, FileNotFoundError, engine.RunBusy) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    finally:
-        engine.cleanup_distributed()
-    return 0 if res["status"] == "done" else 143
+    return engine.main(run, get_args_parser(), argv)

@@ -47,7 +47,25 @@ def get_args_parser() -> argparse.ArgumentParser:
     return p
 
 
+def check_split_out(args) -> None:
+    """``--out`` may replace an earlier split file, never another file (a dataset's ``dataset.json``, a scan,
+    the ``--groups`` map): ScanError naming it, before anything is read or written."""
+    out = Path(args.out)
+    if out.is_dir():
+        raise ScanError(out, "--out is a folder; give the split file to write")
+    if args.groups and out.resolve() == Path(args.groups).resolve():
+        raise ScanError(out, "--out is the --groups file this split reads; write the split elsewhere")
+    if out.exists():
+        try:
+            old = json.loads(out.read_text())
+        except (OSError, ValueError):
+            old = None
+        if not (isinstance(old, dict) and {"test", "train_pool", "label_fractions"} <= set(old)):
+            raise ScanError(out, "--out exists and is not a split file (it would be overwritten); write the split elsewhere")
+
+
 def run_split(args) -> dict:
+    check_split_out(args)
     cases = find_cases(args.data_dir)
     if args.labelled_only:
         cases = [c for c in cases if c.label is not None]

@@ -14,6 +14,13 @@ from .preprocess import centre_padding, pad_or_crop, pad_to_at_least
 from .volumes import LoadedCase
 
 
+def sample_rng(seed: int, epoch: int, index: int, *stream: int) -> np.random.Generator:
+    """The generator of one sample's random draws: a function of (seed, epoch, sample index) only,
+    whatever process, DataLoader worker or rank draws the sample (``stream`` separates independent
+    draws of one sample). Pretraining views and fine-tuning augmentation draw from nothing else."""
+    return np.random.default_rng([int(seed), int(epoch), int(index), *map(int, stream)])
+
+
 class SliceStack:
     """Stacked 2D slices of many volumes.
 
@@ -54,17 +61,20 @@ class SliceStack:
 
 
 class UnlabelledSlices(Dataset):
-    """Slices for pretraining. Item: ``transform(image HxW float32, content box)`` or a float32
-    tensor (1, H, W), H, W = ``size``.
+    """Slices for pretraining. Item ``(epoch, index)`` (an ``engine.ResumableSampler`` key) ->
+    ``transform(image HxW float32, content box, rng)``, or a float32 tensor (1, H, W) without a transform;
+    H, W = ``size``.
 
-    A slice larger than ``size`` is kept whole, and each of its items is a random ``size`` window
-    of it (drawn from numpy's global generator, as the pretext views draw theirs), so pretraining
-    sees every part of large slices; smaller slices are centre-padded and draw nothing.
+    ``rng`` is the sample's own generator, a function of ``(seed, epoch, index)`` only, and every
+    random draw of the item comes from it: the number of DataLoader workers and the process that
+    draws the item change nothing. A slice larger than ``size`` is kept whole, and each of its
+    items is a random ``size`` window of it, so pretraining sees every part of large slices;
+    smaller slices are centre-padded and draw no window.
     """
 
-    def __init__(self, cases: list[LoadedCase], size=(48, 64), axis: int = 2, transform=None):
+    def __init__(self, cases: list[LoadedCase], size=(48, 64), axis: int = 2, transform=None, seed: int = 0):
         self.stack = SliceStack(cases, size, axis, with_labels=False)
-        self.transform = transform
+        self.transform, self.seed = transform, seed
         self.whole: dict[int, tuple[np.ndarray, np.ndarray]] = {}  # stack index -> (padded slice, content box)
         th, tw = self.stack.size
         first = 0
@@ -81,19 +91,21 @@ class UnlabelledSlices(Dataset):
     def __len__(self) -> int:
         return len(self.stack)
 
-    def window(self, i: int) -> tuple[np.ndarray, np.ndarray]:
+    def window(self, i: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
         """A random ``size`` window of large slice ``i`` and the content box inside it."""
         img, (ct, cl, ch, cw) = self.whole[i]
         (h, w), (th, tw) = img.shape, self.stack.size
-        top, left = np.random.randint(h - th + 1), np.random.randint(w - tw + 1)
+        top, left = int(rng.integers(h - th + 1)), int(rng.integers(w - tw + 1))
         t0, l0 = max(ct, top), max(cl, left)
         t1, l1 = min(ct + ch, top + th), min(cl + cw, left + tw)
         return img[top : top + th, left : left + tw], np.array([t0 - top, l0 - left, t1 - t0, l1 - l0])
 
-    def __getitem__(self, i: int):
-        img, box = self.window(i) if i in self.whole else (self.stack.images[i], self.stack.boxes[i])
+    def __getitem__(self, key):
+        epoch, i = key
+        rng = sample_rng(self.seed, epoch, i)
+        img, box = self.window(i, rng) if i in self.whole else (self.stack.images[i], self.stack.boxes[i])
         if self.transform is not None:
-            return self.transform(img, box)
+            return self.transform(img, box, rng)
         return torch.from_numpy(np.array(img, dtype=np.float32))[None]
 
 

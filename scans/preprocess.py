@@ -1,6 +1,7 @@
 """Per-volume intensity normalisation, 2D slicing and pad/crop to a fixed size."""
 from __future__ import annotations
 
+import sys
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -39,8 +40,24 @@ class Normalization:
         return asdict(self)
 
 
+def replace_nonfinite(arr: np.ndarray, where) -> np.ndarray:
+    """``arr`` with its NaN / inf voxels replaced by its lowest finite value (0 when none is finite),
+    with a warning on stderr naming ``where`` and how many voxels. A percentile clip of a volume
+    holding one NaN is NaN everywhere, so this runs before :func:`normalize`."""
+    if arr.dtype.kind not in "fc":
+        return arr
+    finite = np.isfinite(arr)
+    if finite.all():
+        return arr
+    n = arr.size - int(finite.sum())
+    fill = float(arr[finite].min()) if finite.any() else 0.0
+    print(f"warning: {where}: {n} voxels ({n / arr.size:.1%}) are not finite (NaN or inf); replaced by the scan's "
+          f"lowest finite value ({fill:g}) before normalisation", file=sys.stderr, flush=True)
+    return np.where(finite, arr, np.asarray(fill, dtype=arr.dtype))
+
+
 def normalize(arr: np.ndarray, norm: Normalization = Normalization()) -> np.ndarray:
-    """Return a float32 copy of ``arr`` normalised per ``norm``."""
+    """Return a float32 copy of ``arr`` normalised per ``norm`` (non-finite voxels: see :func:`replace_nonfinite`)."""
     x = arr.astype(np.float32, copy=True)
     if norm.window is not None:
         x = apply_window(x, *norm.window)

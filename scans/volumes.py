@@ -10,7 +10,7 @@ from tqdm import tqdm
 from .discover import Case
 from .errors import ScanError
 from .io import read_volume
-from .preprocess import Normalization, normalize
+from .preprocess import Normalization, normalize, replace_nonfinite
 
 _CACHE: dict[tuple, "LoadedCase"] = {}
 
@@ -39,6 +39,17 @@ def check_label(arr: np.ndarray, path: str) -> np.ndarray:
     return out
 
 
+_LABEL_VALUES: dict[tuple, frozenset] = {}
+
+
+def label_values(path: str) -> frozenset:
+    """The values a label file holds (checked by :func:`check_label`; remembered per file and modification time)."""
+    key = (str(path), os.stat(path).st_mtime_ns if os.path.isfile(path) else 0)
+    if key not in _LABEL_VALUES:
+        _LABEL_VALUES[key] = frozenset(int(v) for v in np.unique(check_label(read_volume(path).array, path)))
+    return _LABEL_VALUES[key]
+
+
 def _key(case: Case, norm: Normalization) -> tuple:
     stamp = tuple(os.stat(p).st_mtime_ns if p and os.path.isfile(p) else 0 for p in (case.image, case.label))
     return (case.image, case.label, norm, stamp)
@@ -56,7 +67,7 @@ def load_case(case: Case, norm: Normalization = Normalization(), with_label: boo
         if lab.array.shape != vol.array.shape:
             raise ScanError(case.label, f"label shape {lab.array.shape} does not match image shape {vol.array.shape} ({case.image})")
         label = check_label(lab.array, case.label)
-    loaded = LoadedCase(case.case_id, normalize(vol.array, norm), label, vol.spacing)
+    loaded = LoadedCase(case.case_id, normalize(replace_nonfinite(vol.array, case.image), norm), label, vol.spacing)
     if cache:
         _CACHE[key] = loaded
     return loaded
@@ -71,3 +82,4 @@ def load_cases(cases: list[Case], norm: Normalization = Normalization(), with_la
 
 def clear_cache() -> None:
     _CACHE.clear()
+    _LABEL_VALUES.clear()

@@ -11,16 +11,17 @@ from .profiles import slurm_parameters
 EXECUTORS = ("local", "debug", "slurm")
 
 
-def make_executor(kind: str, folder: str | Path, timeout_min: int = 120, profile: dict | None = None,
+def make_executor(kind: str, folder: str | Path, timeout_min: int | None = None, profile: dict | None = None,
                   job_name: str = "ssl-medseg", gpus: int | None = None):
-    """An executor whose jobs log to ``folder`` (``%j`` is the job id)."""
+    """An executor whose jobs log to ``folder`` (``%j`` is the job id). ``timeout_min``: the time limit
+    per job (local: 120 when None; SLURM: when None, the profile's ``time_min``)."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     if kind == "debug":
         return submitit.DebugExecutor(folder=str(folder))
     if kind == "local":
         ex = submitit.LocalExecutor(folder=str(folder))
-        ex.update_parameters(timeout_min=timeout_min)  # submitit's default would kill jobs after 2 minutes
+        ex.update_parameters(timeout_min=timeout_min or 120)  # submitit's default would kill jobs after 2 minutes
         return ex
     if kind == "slurm":
         ex = submitit.AutoExecutor(folder=str(folder), cluster="slurm")

@@ -5,10 +5,19 @@ It is a ``submitit.helpers.Checkpointable``: on pre-emption or time-out submitit
 own run folder (pretraining and fine-tuning both resume automatically). With several submitit
 tasks (one per GPU) the torch.distributed environment is exported first, so pretraining runs
 as DDP.
+
+SLURM's time-limit warning (USR2, ``signal_delay_s`` before the limit; submitit's pre-emption
+signal) reaches the training loop first: while a run trains, the engine's stop signal handles it,
+every process stops after the same step and the checkpoint is written; then the job hands the
+signal to submitit's own handler, which calls ``checkpoint()`` and requeues the job. So at most
+the step in flight when the warning came is done again, instead of everything since the last
+periodic checkpoint. (Outside the loop, while data loads or the test set is scored, submitit
+handles the signal at once: nothing since the last checkpoint is lost then either.)
 """
 from __future__ import annotations
 
 import os
+import signal
 
 import submitit
 import torch
@@ -24,13 +33,40 @@ class RunInterrupted(RuntimeError):
     """The run stopped on a signal after saving its checkpoint; running it again resumes it."""
 
 
+DIST_VARS = ("MASTER_ADDR", "MASTER_PORT", "RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE")
+
+
 def _distributed_env() -> None:
+    """Export the torch.distributed variables of this SLURM task. Values a site's prolog or the user's
+    environment already set are replaced by the job's own (a rank from elsewhere would join the wrong
+    group), and the replacement is said in the job's log."""
     try:
         env = submitit.JobEnvironment()
     except RuntimeError:  # not inside a submitit job (debug executor in-process)
         return
     if env.num_tasks > 1:
-        submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
+        before = {k: os.environ.get(k) for k in DIST_VARS}
+        submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False, overwrite=True)
+        changed = [f"{k} {before[k]} -> {os.environ[k]}" for k in DIST_VARS
+                   if before[k] is not None and before[k] != os.environ.get(k)]
+        if changed:
+            print(f"note: replaced torch.distributed variables the environment had set: {', '.join(changed)}", flush=True)
+
+
+def preemption_signal() -> int:
+    """The signal submitit handles as pre-emption / time-out (``SUBMITIT_PREEMPT_SIGNAL``, default USR2)."""
+    return int(getattr(signal, "SIG" + os.environ.get("SUBMITIT_PREEMPT_SIGNAL", "USR2")))
+
+
+def hand_signal_to_submitit(stopped: str | None) -> None:
+    """After a run stopped on submitit's pre-emption signal (its checkpoint written), call the handler submitit
+    installed for it, which calls ``checkpoint()``, requeues the job and exits; a no-op outside a SLURM job."""
+    sig = preemption_signal()
+    if stopped != signal.Signals(sig).name:
+        return
+    handler = signal.getsignal(sig)
+    if callable(handler) and getattr(handler, "__self__", None) is not None and "submitit" in type(handler.__self__).__module__:
+        handler(sig, None)
 
 
 def last_line(e: BaseException) -> str:
@@ -60,7 +96,9 @@ class TrainJob(submitit.helpers.Checkpointable):
         finally:
             engine.cleanup_distributed()
         if res.get("status") == "interrupted":
-            raise RunInterrupted(f"{self.kind} run stopped at step {res.get('step')}; run again to resume")
+            hand_signal_to_submitit(res.get("signal"))  # SLURM's time-limit warning: requeue now (the run has saved)
+            raise RunInterrupted(f"{self.kind} run stopped ({res.get('signal')}) at step {res.get('step')}; "
+                                 "run again to resume")
         return res
 
 

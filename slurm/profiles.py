@@ -14,6 +14,11 @@ Fields (all optional):
   signal_delay_s     seconds before the time limit at which SLURM sends USR2 (submitit checkpoints + requeues)
   setup              shell lines run before each job (e.g. module load, source .venv/bin/activate)
   sbatch             extra sbatch parameters, e.g. {exclude: node12, mail-type: FAIL}
+  collector          fields that differ for the grid's collector job (a short CPU job by default:
+                     no GPU, 1 CPU), e.g. {partition: cpu} or, where a GPU partition requires one,
+                     {gpus_per_node: 1}
+
+The job time limit is ``time_min``, unless a grid's config sets ``timeout_min``, which wins.
 """
 from __future__ import annotations
 
@@ -24,7 +29,10 @@ import yaml
 from engine import ConfigError
 
 FIELDS = ("partition", "account", "qos", "constraint", "nodes", "gpus_per_node", "tasks_per_node", "cpus_per_task",
-          "mem_gb", "time_min", "array_parallelism", "signal_delay_s", "setup", "sbatch")
+          "mem_gb", "time_min", "array_parallelism", "signal_delay_s", "setup", "sbatch", "collector")
+COLLECTOR_FIELDS = ("partition", "account", "qos", "constraint", "gpus_per_node", "cpus_per_task", "mem_gb", "time_min",
+                    "setup", "sbatch")
+POSITIVE = ("nodes", "tasks_per_node", "cpus_per_task", "time_min", "array_parallelism")
 
 
 def load_profile(path: str | Path) -> dict:
@@ -41,14 +49,29 @@ def load_profile(path: str | Path) -> dict:
     unknown = sorted(set(prof) - set(FIELDS))
     if unknown:
         raise ConfigError(f"{p}: unknown profile fields {unknown}; expected some of {list(FIELDS)}")
+    collector = prof.get("collector") or {}
+    if not isinstance(collector, dict) or set(collector) - set(COLLECTOR_FIELDS):
+        raise ConfigError(f"{p}: collector is a mapping of some of {list(COLLECTOR_FIELDS)}, got {collector!r}")
+    for where, fields in (("", prof), ("collector.", collector)):
+        for k in POSITIVE + ("gpus_per_node", "mem_gb", "signal_delay_s"):
+            v = fields.get(k)
+            if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or v < (1 if k in POSITIVE else 0)):
+                raise ConfigError(f"{p}: {where}{k} must be a number >= {1 if k in POSITIVE else 0}, got {v!r}")
     return prof
 
 
-def slurm_parameters(prof: dict, timeout_min: int = 120, gpus: int | None = None) -> dict:
-    """AutoExecutor.update_parameters(...) keywords for a profile. ``gpus`` overrides gpus_per_node."""
+def collector_profile(prof: dict) -> dict:
+    """The collector job's profile: the cluster's, with no GPU and 1 CPU, then the profile's ``collector`` fields."""
+    out = {k: v for k, v in prof.items() if k != "collector"}
+    return {**out, "gpus_per_node": 0, "cpus_per_task": 1, **(prof.get("collector") or {})}
+
+
+def slurm_parameters(prof: dict, time_min: int | None = None, gpus: int | None = None) -> dict:
+    """AutoExecutor.update_parameters(...) keywords for a profile. ``time_min`` (a grid config's
+    ``timeout_min``) overrides the profile's ``time_min``; ``gpus`` overrides ``gpus_per_node``."""
     g = prof.get("gpus_per_node", 0) if gpus is None else gpus
     params = {
-        "timeout_min": int(prof.get("time_min", timeout_min)),
+        "timeout_min": int(time_min or prof.get("time_min") or 120),
         "nodes": int(prof.get("nodes", 1)),
         "tasks_per_node": int(prof.get("tasks_per_node", max(1, g))),
         "cpus_per_task": int(prof.get("cpus_per_task", 2)),
@@ -67,3 +90,9 @@ def slurm_parameters(prof: dict, timeout_min: int = 120, gpus: int | None = None
     if prof.get("sbatch"):
         params["slurm_additional_parameters"] = {str(k).replace("-", "_"): v for k, v in prof["sbatch"].items()}
     return params
+
+
+def pretrain_world_size(prof: dict) -> int:
+    """Processes of a pretraining job with this profile (nodes x tasks per node: one per GPU)."""
+    params = slurm_parameters(prof)
+    return params["nodes"] * params["tasks_per_node"]

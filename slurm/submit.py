@@ -21,7 +21,7 @@ from atomicio import write_json
 
 from .executors import make_executor
 from .jobs import TrainJob
-from .profiles import load_profile
+from .profiles import collector_profile, load_profile
 
 JOBS_FILE = "slurm_jobs.json"
 
@@ -55,15 +55,17 @@ def read_jobs(runs_dir: str | Path) -> dict:
 
 
 def submit_grid(cfg: dict, todo: list, profile: str, collect_fn=None) -> dict:
-    """Submit the unfinished runs of a grid with dependencies, plus the collector; do not wait."""
+    """Submit the unfinished runs of a grid with dependencies, plus the collector; do not wait.
+    The config's ``timeout_min`` (when set) is every training job's time limit."""
     prof = load_profile(profile)
     runs_dir = Path(cfg["runs_dir"])
     folder = runs_dir / "slurm"
     gpus = int(prof.get("gpus_per_node") or 0)
+    limit = cfg.get("timeout_min")
     registry: dict = {}
     pre_jobs: dict[str, str] = {}
     for run in [r for r in todo if r.kind == "pretrain"]:
-        ex = make_executor("slurm", folder, profile=prof, job_name=f"{cfg['name']}-{run.key.replace('/', '-')}")
+        ex = make_executor("slurm", folder, limit, profile=prof, job_name=f"{cfg['name']}-{run.key.replace('/', '-')}")
         job = ex.submit(TrainJob("pretrain"), list(run.argv))
         pre_jobs[run.key] = str(job.job_id)
         registry[run.key] = _entry(job, folder)
@@ -73,7 +75,7 @@ def submit_grid(cfg: dict, todo: list, profile: str, collect_fn=None) -> dict:
         groups.setdefault(tuple(pre_jobs[n] for n in run.needs if n in pre_jobs), []).append(run)
     array_ids = []
     for deps, group in groups.items():
-        ex = make_executor("slurm", folder, profile=prof, job_name=f"{cfg['name']}-finetune", gpus=min(1, gpus))
+        ex = make_executor("slurm", folder, limit, profile=prof, job_name=f"{cfg['name']}-finetune", gpus=min(1, gpus))
         extra = _extra_sbatch(prof)
         if deps:
             extra["dependency"] = "afterok:" + ":".join(deps)
@@ -85,12 +87,13 @@ def submit_grid(cfg: dict, todo: list, profile: str, collect_fn=None) -> dict:
             array_ids.append(str(jobs[0].job_id).split("_")[0])
             print(f"submitted {len(jobs)} fine-tuning runs as array {array_ids[-1]}" + (f" after {extra['dependency']}" if deps else ""))
     if collect_fn is not None:
-        ex = make_executor("slurm", folder, profile=prof, job_name=f"{cfg['name']}-collect", gpus=0)
+        cprof = collector_profile(prof)
+        ex = make_executor("slurm", folder, profile=cprof, job_name=f"{cfg['name']}-collect")
         after = array_ids + list(pre_jobs.values())
-        extra = _extra_sbatch(prof)
+        extra = _extra_sbatch(cprof)
         if after:
             extra["dependency"] = "afterany:" + ":".join(after)
-        ex.update_parameters(tasks_per_node=1, nodes=1, cpus_per_task=1, slurm_additional_parameters=extra)
+        ex.update_parameters(tasks_per_node=1, nodes=1, slurm_additional_parameters=extra)
         job = ex.submit(collect_fn, cfg)
         registry["collect"] = _entry(job, folder)
         print(f"submitted the collector: job {job.job_id}" + (f" after {extra['dependency']}" if after else ""))

@@ -42,22 +42,25 @@ def test_lr_schedule_warmup_then_cosine():
     assert engine.lr_at(100, 100, 1.0, 10, min_ratio=0.1) == pytest.approx(0.1)
 
 
-def test_sampler_shards_are_disjoint_and_resume_mid_epoch():
+def test_sampler_gives_the_keys_of_a_whole_run_sharded_and_resumable_mid_epoch():
     n, bs = 103, 5
-    shards = [list(engine.ResumableSampler(n, bs, seed=3, rank=r, world=3)) for r in range(3)]
-    assert all(len(s) == (n // 3) // bs * bs for s in shards)
-    flat = [i for s in shards for i in s]
-    assert len(set(flat)) == len(flat)  # no index on two ranks
+    shards = [engine.ResumableSampler(n, bs, seed=3, rank=r, world=3) for r in range(3)]
+    per = shards[0].batches_per_epoch
+    assert per == (n // 3) // bs
+    keys = [list(s.set_range(0, 2 * per)) for s in shards]
+    assert all(len(k) == len(s) == 2 * per * bs for k, s in zip(keys, shards))
+    for epoch in (0, 1):
+        mine = [i for k in keys for e, i in k if e == epoch]
+        assert len(set(mine)) == len(mine)  # within an epoch no index is on two ranks
     one = engine.ResumableSampler(n, bs, seed=3)
-    one.set_epoch(2)
-    full = list(one)
-    one.set_epoch(2, start_batch=4)
-    assert list(one) == full[4 * bs:] and len(one) == len(full) - 4 * bs
-    one.set_epoch(3)
-    assert list(one) != full  # another epoch, another order
-    again = engine.ResumableSampler(n, bs, seed=3)
-    again.set_epoch(2)
-    assert list(again) == full  # an epoch's order depends only on (seed, epoch)
+    per = one.batches_per_epoch
+    full = list(one.set_range(0, 3 * per))  # three epochs from one iterator
+    assert [e for e, _ in full] == [e for e in range(3) for _ in range(per * bs)]
+    assert list(one.set_range(per + 4, 3 * per)) == full[(per + 4) * bs:]  # resume mid-epoch: the same keys
+    assert len(one) == (2 * per - 4) * bs
+    order = {e: [i for k, i in full if k == e] for e in range(3)}
+    assert order[1] != order[2]  # another epoch, another order
+    assert list(engine.ResumableSampler(n, bs, seed=3).set_range(0, 3 * per)) == full  # depends only on (seed, epoch)
     with pytest.raises(ValueError, match="no full batch"):
         engine.ResumableSampler(4, 5)
 
@@ -87,9 +90,12 @@ def test_identity_leaves_out_only_reporting_options_and_hashes_files(tmp_path):
     assert engine.identity_diff({"lr": 0.1}, {"lr": 0.2, "max_cases": 1}) == ["--lr 0.1 -> 0.2", "--max-cases None -> 1"]
 
 
-def test_every_reporting_option_is_outside_the_identity():
+def test_every_reporting_option_is_outside_the_identity_and_the_device_enters_as_its_type():
     reporting = [a.dest for a in engine.runtime_parser()._actions if a.dest not in ("out", "device", "amp")]
-    assert reporting and set(reporting) <= set(engine.NOT_IDENTITY)
+    assert reporting and set(reporting) == set(engine.NOT_IDENTITY) - {"out"}
+    ident = engine.run_identity({"device": "cuda:3", "lr": 0.1, "note": "x"}, not_identity={"note": "why"}, world_size=2)
+    assert ident == {"device": "cuda", "lr": 0.1, "world_size": 2}
+    assert engine.identity_diff(ident, {**ident, "world_size": 1}) == ["world size (processes) 2 -> 1"]
 
 
 # ---------------------------------------------------------------- run folder: one writer, identity
@@ -149,9 +155,8 @@ class Toy(engine.Trainer):
         self.model, self.sampler, self.bs, self.nan_at, self.step = model, engine.ResumableSampler(len(self.x), bs), bs, nan_at, 0
         self.evaluated = []
 
-    def batches(self, epoch, start):
-        self.sampler.set_epoch(epoch, start)
-        idx = list(self.sampler)
+    def batches(self, start, total):
+        idx = [i for _, i in self.sampler.set_range(start, total)]
         return [(self.x[idx[i:i + self.bs]], self.y[idx[i:i + self.bs]]) for i in range(0, len(idx), self.bs)]
 
     def forward(self, batch):
@@ -178,7 +183,7 @@ def _fit(path, total=23, stop_at_step=0, **kw):
     s = engine.LoopSettings(total=total, per_epoch=5, lr=0.1, warmup=2, images_per_step=4, log_every=3,
                             ckpt_every=4, stop_at_step=stop_at_step)
     try:
-        done = engine.fit(folder, state, trainer, torch.device("cpu"), s, log)
+        done = engine.fit(folder, state, trainer, torch.device("cpu"), s, log) is None
     finally:
         folder.release()
     return done, state, log, trainer
@@ -191,7 +196,7 @@ def test_fit_interrupted_and_resumed_equals_uninterrupted(tmp_path):
     assert all("val" in r for r in ref_log.rows() if r["step"] in (7, 14, 21))
     done, part, _, _ = _fit(tmp_path / "b", stop_at_step=11)
     assert not done and part.step == 11
-    assert torch.load(tmp_path / "b" / "checkpoint.pt", weights_only=False)["step"] == 11
+    assert torch.load(tmp_path / "b" / "checkpoint.pt", weights_only=True)["step"] == 11
     done, resumed, log, _ = _fit(tmp_path / "b")
     assert done and resumed.step == 23
     assert [r["step"] for r in log.rows()] == [r["step"] for r in ref_log.rows()]  # each step logged once
@@ -230,3 +235,91 @@ def test_dirty_means_code_changed_not_results(tmp_path):
     assert git_info(tmp_path)["dirty"] is False
     (tmp_path / "train.py").write_text("x = 2\n")
     assert git_info(tmp_path)["dirty"] is True
+
+
+def test_a_signal_stops_the_loop_after_the_step_and_the_resumed_run_is_the_same(tmp_path):
+    """Each of SIGTERM, SIGUSR1, SIGUSR2 (SLURM's time-limit warning) and SIGINT sent during step 9 stops the
+    run after step 9 with a checkpoint there; the resumed run ends bit-identical to an uninterrupted one."""
+    _, ref, _, _ = _fit(tmp_path / "ref")
+    for sig in (signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2, signal.SIGINT):
+        out = tmp_path / sig.name
+
+        class Signalled(Toy):
+            def forward(self, batch):
+                if self.step == 8:  # the 9th step
+                    os.kill(os.getpid(), sig)
+                return super().forward(batch)
+        torch.manual_seed(0)
+        model = torch.nn.Linear(3, 1)
+        state = engine.TrainState(model, torch.optim.AdamW(model.parameters(), lr=0.1),
+                                  torch.amp.GradScaler("cuda", enabled=False))
+        folder = engine.RunFolder(out, {"x": 1}, "r.json").claim()
+        s = engine.LoopSettings(total=23, per_epoch=5, lr=0.1, warmup=2, images_per_step=4, log_every=3, ckpt_every=4)
+        try:
+            stopped = engine.fit(folder, state, Signalled(model), torch.device("cpu"), s, engine.resume(folder, state))
+        finally:
+            folder.release()
+        assert stopped == sig.name and state.step == 9
+        assert torch.load(out / "checkpoint.pt", weights_only=True)["step"] == 9
+        assert signal.getsignal(sig) is not None and not isinstance(signal.getsignal(sig), engine.StopSignal)
+        done, resumed, _, _ = _fit(out)
+        assert done and all(torch.equal(resumed.model.state_dict()[k], v) for k, v in ref.model.state_dict().items())
+
+
+def test_random_states_round_trip_through_a_weights_only_checkpoint(tmp_path):
+    import random
+
+    import numpy as np
+    engine.seed_everything(5)
+    state = engine.capture_rng()
+    torch.save({"rng": [state]}, tmp_path / "c.pt")
+    want = (torch.rand(3), np.random.rand(3), random.random())
+    engine.seed_everything(6)
+    engine.restore_rng(torch.load(tmp_path / "c.pt", weights_only=True)["rng"][0])
+    got = (torch.rand(3), np.random.rand(3), random.random())
+    assert torch.equal(got[0], want[0]) and np.array_equal(got[1], want[1]) and got[2] == want[2]
+
+
+def test_a_crafted_checkpoint_runs_no_code_and_is_refused_in_one_line(tmp_path):
+    class Payload:
+        def __reduce__(self):
+            return (os.system, (f"touch {tmp_path / 'pwned'}",))
+    run = tmp_path / "run"
+    run.mkdir()
+    torch.save({"model": {}, "step": 1, "payload": Payload()}, run / "checkpoint.pt")
+    with pytest.raises(engine.ConfigError) as e:
+        engine.RunFolder(run, {"x": 1}, "r.json").load_checkpoint()
+    assert not (tmp_path / "pwned").exists()
+    msg = str(e.value)
+    assert len(msg.splitlines()) == 1 and "checkpoint.pt" in msg and "weights_only" not in msg, msg
+    (run / "checkpoint.pt").write_bytes(b"not a torch file")
+    with pytest.raises(engine.ConfigError, match="cannot read this checkpoint"):
+        engine.RunFolder(run, {"x": 1}, "r.json").load_checkpoint()
+
+
+def test_a_refused_run_leaves_no_folder_and_out_may_not_be_a_file(tmp_path):
+    new = tmp_path / "new"
+    with pytest.raises(RuntimeError):
+        with engine.RunFolder(new, {"x": 1}, "r.json"):
+            raise RuntimeError("refused after the claim")
+    assert not new.exists()  # created by this process, nothing written: removed again
+    kept = tmp_path / "kept"
+    kept.mkdir()
+    with pytest.raises(RuntimeError):
+        with engine.RunFolder(kept, {"x": 1}, "r.json"):
+            raise RuntimeError("refused")
+    assert kept.is_dir()  # it was there before
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(engine.ConfigError, match="is a file"):
+        engine.RunFolder(tmp_path / "file", {"x": 1}, "r.json").claim()
+
+
+def test_a_device_the_machine_lacks_is_refused():
+    with pytest.raises(engine.ConfigError, match="cuda:99"):
+        engine.resolve_device("cuda:99")
+    with pytest.raises(engine.ConfigError, match="expected cpu, cuda"):
+        engine.resolve_device("tpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(engine.ConfigError, match="no CUDA device"):
+            engine.resolve_device("cuda")
+    assert engine.resolve_device("cpu").type == "cpu" and engine.device_type("cuda:1") == "cuda"

@@ -4,7 +4,9 @@ import os
 import signal
 import subprocess
 import sys
+import socket
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -30,6 +32,12 @@ def split_file(tmp_path_factory, data_dir):
     return path
 
 
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
 def pretrain_args(task, out, split, *extra):
     return pretrain.get_args_parser().parse_args(
         ["--task", task, "--split", str(split), "--out", str(out), "--steps", "3", "--batch-size", "8",
@@ -46,8 +54,8 @@ def _slice_with_padding():
 
 def test_rotation_views_come_from_inside_the_content():
     img, box = _slice_with_padding()
-    for _ in range(20):
-        v = rotation.RotationViews(crop=32)(img, box)
+    for i in range(20):
+        v = rotation.RotationViews(crop=32)(img, box, scans.sample_rng(0, 0, i))
         assert v.shape == (1, 32, 32) and (v > 0).float().mean() > 0.97  # no padding zeros
 
 
@@ -61,24 +69,32 @@ def test_rotation_model_targets_match_rotations():
 def test_jigsaw_views_are_normalised_permuted_tiles():
     perms = models.jigsaw_permutations(10)
     img, box = _slice_with_padding()
-    tiles, label = jigsaw.JigsawViews(perms, tile=32)(img, box)
+    tiles, label = jigsaw.JigsawViews(perms, tile=32)(img, box, scans.sample_rng(0, 0, 0))
     assert tiles.shape == (9, 1, 32, 32) and 0 <= label < 10
     assert torch.allclose(tiles.mean(dim=(1, 2, 3)), torch.zeros(9), atol=1e-4)
     assert torch.allclose(tiles.std(dim=(1, 2, 3), unbiased=False), torch.ones(9), atol=1e-2)
 
 
+def _simclr_batch(img, box, n=8, view_size=(40, 56)):
+    """A collated batch of ``n`` samples of one slice, each with its own draws (samples 0..n-1 of epoch 0)."""
+    samples = [simclr.SimCLRSample(view_size)(img, box, scans.sample_rng(0, 0, i)) for i in range(n)]
+    return tuple(torch.stack(t) for t in zip(*samples))
+
+
 def test_simclr_views_differ_stay_inside_content_and_keep_float_precision():
     img, box = _slice_with_padding()
-    x, b = simclr.SliceAndBox()(img, box)
-    x, b = x[None].repeat(8, 1, 1, 1), b[None].repeat(8, 1)
+    x, b, u, noise = _simclr_batch(img, box)
+    assert u.shape == (8, 2, simclr.DRAWS) and noise.shape == (8, 2, 1, 40, 56)
     cfg = simclr.ViewConfig(size=(40, 56), p_color=0, p_gamma=0, p_noise=0, p_blur=0)
-    a, c = simclr.make_views(x, b, cfg), simclr.make_views(x, b, cfg)
+    a, c = (simclr.make_views(x, b, cfg, u[:, k], noise[:, k]) for k in (0, 1))
     assert a.shape == c.shape == (8, 1, 40, 56) and a.dtype == torch.float32
     assert not torch.equal(a, c)
     assert (a > 0).float().mean() > 0.99  # sampled inside the content box, never the zero padding
     assert len(torch.unique(a)) > 256  # not quantised to 8 bits
-    full = simclr.make_views(x, b, simclr.ViewConfig(size=(40, 56)))
+    full = simclr.make_views(x, b, simclr.ViewConfig(size=(40, 56)), u[:, 0], noise[:, 0])
     assert torch.isfinite(full).all()
+    again = _simclr_batch(img, box)  # a sample's draws depend on (seed, epoch, index) only
+    assert all(torch.equal(p, q) for p, q in zip(again, (x, b, u, noise)))
 
 
 def _view_directions(flips, axis_of_ramp):
@@ -89,7 +105,8 @@ def _view_directions(flips, axis_of_ramp):
     boxes = torch.tensor([[0.0, 0.0, h, w]]).repeat(64, 1)
     cfg = simclr.ViewConfig(size=(h, w), min_scale=1.0, ratio=(w / h, w / h), max_rotation=0.0, flips=flips,
                             p_color=0, p_gamma=0, p_noise=0, p_blur=0)
-    v = simclr.make_views(x, boxes, cfg)[:, 0]
+    u = torch.rand(64, simclr.DRAWS, generator=torch.Generator().manual_seed(0))
+    v = simclr.make_views(x, boxes, cfg, u, torch.zeros(64, 1, h, w))[:, 0]
     step = (v[:, -1, :] - v[:, 0, :]).mean(1) if axis_of_ramp == 0 else (v[:, :, -1] - v[:, :, 0]).mean(1)
     return torch.sign(step)
 
@@ -214,10 +231,10 @@ def test_each_task_end_to_end(task, tmp_path, split_file, capsys):
     info = plugin_data_pb2.HParamsPluginData.FromString(
         ev.PluginTagToContent("hparams")["_hparams_/session_start_info"]).session_start_info
     assert info.hparams["task"].string_value == task and "lr" in info.hparams
-    experiment = plugin_data_pb2.HParamsPluginData.FromString(
-        ev.PluginTagToContent("hparams")["_hparams_/experiment"]).experiment
-    columns = [h.name for h in experiment.hparam_infos]  # fine-tuning's columns too, then the task's own
-    assert columns[:len(engine.board.COLUMNS)] == list(engine.board.COLUMNS) and set(info.hparams) <= set(columns)
+    assert set(pretrain.task_options(task)) <= set(info.hparams)  # the task's own options are columns of its row
+    # no experiment definition: TensorBoard makes the table from every run's settings (the first
+    # definition found would otherwise hide the columns of every other kind of run)
+    assert "_hparams_/experiment" not in ev.PluginTagToContent("hparams")
     assert {"run/command/text_summary", "run/config/text_summary"} <= set(ev.Tags()["tensors"])
     files = fingerprint(out)
     capsys.readouterr()
@@ -246,7 +263,7 @@ def test_every_result_affecting_argument_is_checked_after_a_finished_run(finishe
     parser = pretrain.get_args_parser()
     ident = json.loads((finished_simclr / "config.json").read_text())["identity"]
     actions = identity_actions(parser, ident)
-    assert {a.dest for a in actions} == set(ident) - {"split__train_pool_sha256"}
+    assert {a.dest for a in actions} == set(ident) - {"split__train_pool_sha256", "world_size"}
     actions.append(next(a for a in parser._actions if a.dest == "split"))
     files = fingerprint(finished_simclr)
     for action in actions:
@@ -263,14 +280,14 @@ def test_every_result_affecting_argument_is_checked_after_a_finished_run(finishe
 
 @pytest.mark.parametrize("task", ["rotation", "simclr"])
 def test_stop_at_step_and_resume_equal_an_uninterrupted_run(task, tmp_path, split_file):
-    """simclr draws its views from the global torch RNG; 3 cases of 8 slices make epochs of ~13 steps."""
-    extra = ("--steps", "20", "--ckpt-every", "4")
+    """Stopped mid-epoch (3 cases of 8 slices make epochs of ~13 steps) with 2 DataLoader workers."""
+    extra = ("--steps", "20", "--ckpt-every", "4", "--workers", "2")
     ref = tmp_path / "ref"
     pretrain.run(pretrain_args(task, ref, split_file, *extra))
     out = tmp_path / "run"
     part = pretrain.run(pretrain_args(task, out, split_file, *extra, "--stop-at-step", "3"))
-    assert part == {"status": "interrupted", "step": 3, "steps_total": 20}
-    assert torch.load(out / "checkpoint.pt", weights_only=False)["step"] == 3 and not (out / "encoder.pt").exists()
+    assert part == {"status": "interrupted", "step": 3, "steps_total": 20, "signal": "stop-at-step"}
+    assert torch.load(out / "checkpoint.pt", weights_only=True)["step"] == 3 and not (out / "encoder.pt").exists()
     assert pretrain.run(pretrain_args(task, out, split_file, *extra))["step"] == 20
     steps = [json.loads(l)["step"] for l in (out / "log.jsonl").read_text().splitlines()]
     assert steps == list(range(1, 21))
@@ -298,7 +315,7 @@ def test_a_signal_mid_run_then_the_same_command_resumes(sig, tmp_path, split_fil
     proc.send_signal(sig)
     log = proc.communicate(timeout=600)[0].decode()
     assert proc.returncode != 0, log
-    ckpt = torch.load(out / "checkpoint.pt", weights_only=False)
+    ckpt = torch.load(out / "checkpoint.pt", weights_only=True)
     assert 2 <= ckpt["step"] < 60
     done = subprocess.run(_cli(out, split_file), cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout + done.stderr
@@ -308,26 +325,97 @@ def test_a_signal_mid_run_then_the_same_command_resumes(sig, tmp_path, split_fil
     assert steps == list(range(1, 61))
 
 
-def test_simclr_two_processes_gather_negatives(tmp_path, split_file):
+def test_simclr_two_processes_gather_negatives(tmp_path):
     """torchrun, 2 CPU processes (gloo): the loss on each rank uses negatives from both ranks."""
     script = tmp_path / "ddp_check.py"
     script.write_text(DDP_CHECK)
-    env = {**os.environ, "NO_ALBUMENTATIONS_UPDATE": "1", "OMP_NUM_THREADS": "1"}
-    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533",
-                        str(script), str(tmp_path)], cwd=ROOT, env=env, capture_output=True, text=True, timeout=240)
+    r = subprocess.run(torchrun(2, str(script), str(tmp_path)), cwd=ROOT, env=ENV, capture_output=True, text=True,
+                       timeout=240)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     for rank in (0, 1):
         res = json.loads((tmp_path / f"rank{rank}.json").read_text())
         assert res["gathered"] == pytest.approx(res["reference_global"], abs=1e-4)
         assert abs(res["gathered"] - res["local_only"]) > 1e-3
-    # and the real training entry point runs as two processes
-    out = tmp_path / "ddp_run"
-    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29534",
-                        "-m", "pretrain", "--task", "simclr", "--split", str(split_file), "--out", str(out),
-                        "--steps", "2", "--batch-size", "4", "--max-cases", "2", "--device", "cpu"],
-                       cwd=ROOT, env=env, capture_output=True, text=True, timeout=240)
+
+
+ENV = {**os.environ, "NO_ALBUMENTATIONS_UPDATE": "1", "OMP_NUM_THREADS": "1"}
+
+
+def torchrun(nproc: int, *args) -> list[str]:
+    return [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc), "--master_port",
+            str(free_port()), *args]
+
+
+def rank_processes(parent: int) -> dict[int, int]:
+    """rank -> pid of the worker processes a torchrun process started (from /proc: parent pid and RANK)."""
+    out = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            if int(stat.read_text().rsplit(")", 1)[1].split()[1]) != parent:
+                continue
+            env = dict(v.split("=", 1) for v in (stat.parent / "environ").read_bytes().decode().split("\0") if "=" in v)
+        except (OSError, ValueError, IndexError):
+            continue
+        if "RANK" in env:
+            out[int(env["RANK"])] = int(stat.parent.name)
+    return out
+
+
+def test_two_ranks_stop_together_on_a_signal_to_one_and_resume_to_the_same_encoder(tmp_path, split_file):
+    """2-rank SimCLR (gloo): SIGTERM to rank 1 alone once step 3 is logged (each step sleeps 0.3 s, so the run
+    is mid-way however busy the machine); both ranks stop at one step, one checkpoint holds both ranks' random
+    states, and running again ends bit-identical to an uninterrupted 2-rank run. A 1-process run is then
+    refused on that folder, naming the world size."""
+    base = ["-m", "pretrain", "--task", "simclr", "--split", str(split_file), "--steps", "16", "--batch-size", "4",
+            "--max-cases", "2", "--device", "cpu", "--workers", "0", "--ckpt-every", "1000"]
+    ref, out = tmp_path / "ref", tmp_path / "sig"
+    r = subprocess.run(torchrun(2, *base, "--out", str(ref)), cwd=ROOT, env=ENV, capture_output=True, text=True,
+                       timeout=300)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
-    assert json.loads((out / "summary.json").read_text())["world_size"] == 2
+    assert json.loads((ref / "summary.json").read_text())["world_size"] == 2
+    proc = subprocess.Popen(torchrun(2, *base, "--out", str(out), "--sleep-per-step", "0.3", "--log-every", "1"),
+                            cwd=ROOT, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    while proc.poll() is None and len((out / "log.jsonl").read_text().splitlines() if (out / "log.jsonl").exists() else []) < 3:
+        time.sleep(0.05)
+    ranks = rank_processes(proc.pid)
+    assert sorted(ranks) == [0, 1], ranks
+    os.kill(ranks[1], signal.SIGTERM)
+    log = proc.communicate(timeout=300)[0].decode()
+    ckpt = torch.load(out / "checkpoint.pt", weights_only=True)
+    assert 3 <= ckpt["step"] < 16 and len(ckpt["rng"]) == 2, log[-3000:]
+    assert f"stopped (SIGTERM) at step {ckpt['step']}/16" in log
+    r = subprocess.run(torchrun(2, *base, "--out", str(out)), cwd=ROOT, env=ENV, capture_output=True, text=True,
+                       timeout=300)
+    assert r.returncode == 0 and f"resuming from {out / 'checkpoint.pt'} at step {ckpt['step']}/16" in r.stdout, r.stderr[-2000:]
+    a = torch.load(ref / "encoder.pt", weights_only=True)["state_dict"]
+    b = torch.load(out / "encoder.pt", weights_only=True)["state_dict"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    one = subprocess.run([sys.executable, *base, "--out", str(ref)], cwd=ROOT, env=ENV, capture_output=True, text=True,
+                         timeout=300)
+    assert one.returncode == 2 and "world size (processes) 2 -> 1" in one.stderr, one.stderr
+
+
+@pytest.mark.parametrize("task", ["rotation", "jigsaw", "simclr"])
+def test_the_number_of_workers_changes_nothing(task, tmp_path, split_file):
+    """Every view draws from its sample's own generator: 0 and 2 DataLoader workers give the same encoder."""
+    enc = {}
+    for w in (0, 2):
+        pretrain.run(pretrain_args(task, tmp_path / f"w{w}", split_file, "--steps", "6", "--workers", str(w)))
+        enc[w] = torch.load(tmp_path / f"w{w}" / "encoder.pt", weights_only=True)["state_dict"]
+    assert all(torch.equal(enc[0][k], enc[2][k]) for k in enc[0])
+
+
+@pytest.mark.parametrize("task", ["rotation", "jigsaw", "simclr"])
+def test_a_preview_draws_no_random_number(task, tmp_path, split_file, data_dir):
+    args = pretrain_args(task, tmp_path / "run", split_file)
+    t = pretrain.TASKS[task](args, models.create_encoder("unet_tiny"))
+    loaded = scans.load_cases(scans.find_cases(data_dir)[:2], with_label=False)
+    ds = scans.UnlabelledSlices(loaded, transform=t.views)
+    batch = torch.utils.data.default_collate([ds[(0, i)] for i in range(4)])
+    before = (torch.get_rng_state(), np.random.get_state()[1].copy())
+    views = t.preview(batch)
+    assert views.ndim == 4 and torch.equal(torch.get_rng_state(), before[0])
+    assert np.array_equal(np.random.get_state()[1], before[1])
 
 
 DDP_CHECK = r'''

@@ -37,7 +37,7 @@ def tile_layout(cell: int, tile_fraction: float, min_gap: int, rng: np.random.Ge
 
 
 class JigsawViews:
-    """(padded slice HxW, content box) -> (tiles float32 (9, 1, T, T), permutation index)."""
+    """(padded slice HxW, content box, the sample's generator) -> (tiles float32 (9, 1, T, T), permutation index)."""
 
     def __init__(self, permutations: torch.Tensor, tile: int = 32, tile_fraction: float = 0.75, min_gap: int = 2):
         if not 0.3 <= tile_fraction <= 1.0:
@@ -47,8 +47,7 @@ class JigsawViews:
         self.perms = permutations.numpy()
         self.tile, self.tile_fraction, self.min_gap = tile, tile_fraction, min_gap
 
-    def __call__(self, img: np.ndarray, box):
-        rng = np.random.default_rng(np.random.randint(2**31))
+    def __call__(self, img: np.ndarray, box, rng: np.random.Generator):
         region = random_square(content(img, box), rng)
         cell = region.shape[0] // GRID
         t, offsets = tile_layout(cell, self.tile_fraction, self.min_gap, rng)

@@ -28,15 +28,14 @@ from ..views import accuracy, content, random_square, resize
 
 
 class RotationViews:
-    """(padded slice HxW, content box) -> float32 tensor (1, crop, crop)."""
+    """(padded slice HxW, content box, the sample's generator) -> float32 tensor (1, crop, crop)."""
 
     def __init__(self, crop: int = 32, min_side: float = 0.6, max_side: float = 1.0, flip: bool = False):
         if not 0 < min_side <= max_side <= 1:
             raise ValueError(f"crop sides must satisfy 0 < min_side <= max_side <= 1, got {min_side}, {max_side}")
         self.crop, self.min_side, self.max_side, self.flip = crop, min_side, max_side, flip
 
-    def __call__(self, img: np.ndarray, box) -> torch.Tensor:
-        rng = np.random.default_rng(np.random.randint(2**31))
+    def __call__(self, img: np.ndarray, box, rng: np.random.Generator) -> torch.Tensor:
         sq = random_square(content(img, box), rng, self.min_side, self.max_side)
         if self.flip and rng.random() < 0.5:
             # mirrored anatomy: the direction of the columns no longer tells the rotation. Unlike a SimCLR

@@ -7,8 +7,11 @@ by a flip along an axis whose direction defines a class, such as the anterior-po
 the hippocampus head and body, would teach the encoder to ignore that very direction), then
 gamma, brightness/contrast, Gaussian blur and noise, all in float32 (no 8-bit round trip, no
 3-channel ImageNet normalisation as lightly's default ``SimCLRTransform`` would do).
-The DataLoader only hands over slices and their content boxes, so the data pipeline costs
-almost nothing next to the step, on a CPU as on a GPU.
+The DataLoader hands over slices, their content boxes and each sample's random draws (``DRAWS``
+uniform numbers per view and a noise field of the view's size, from the sample's own generator),
+so the views of a sample depend only on (seed, epoch, sample index), whatever the number of
+workers or processes; the data pipeline still costs almost nothing next to the step, on a CPU as
+on a GPU.
 
 Model: encoder -> pooled (B, C) -> lightly's ``SimCLRProjectionHead`` -> (B, D); loss:
 lightly's ``NTXentLoss``, negatives gathered across processes under DDP. The logged accuracy
@@ -53,35 +56,44 @@ class ViewConfig:
     p_noise: float = 0.3
 
 
-class SliceAndBox:
-    """Dataset transform: (padded slice HxW, content box) -> (tensor (1, H, W), box (4,))."""
-
-    def __call__(self, img: np.ndarray, box):
-        return torch.from_numpy(img.copy())[None], torch.as_tensor(np.asarray(box), dtype=torch.float32)
+# The uniform draws of one view, by position in a sample's (DRAWS,) row.
+AREA, RATIO, CX, CY, FLIP_X, FLIP_Y, ANGLE, GAMMA_ON, GAMMA, COLOR_ON, CONTRAST, BRIGHT, BLUR_ON, SIGMA, NOISE_ON, NOISE = range(16)
+DRAWS = 16
 
 
-def _uniform(n, lo, hi, device):
-    return torch.rand(n, device=device) * (hi - lo) + lo
+class SimCLRSample:
+    """Dataset transform: (padded slice HxW, content box, the sample's generator) -> (slice (1, H, W),
+    box (4,), draws (2, DRAWS) uniform in [0, 1), noise (2, 1, h, w) standard normal), the two views'
+    random numbers; ``view_size`` = (h, w)."""
+
+    def __init__(self, view_size=(40, 56)):
+        self.view_size = tuple(view_size)
+
+    def __call__(self, img: np.ndarray, box, rng: np.random.Generator):
+        return (torch.from_numpy(np.array(img, dtype=np.float32))[None], torch.as_tensor(np.asarray(box), dtype=torch.float32),
+                torch.from_numpy(rng.random((2, DRAWS), dtype=np.float32)),
+                torch.from_numpy(rng.standard_normal((2, 1, *self.view_size), dtype=np.float32)))
 
 
-def _apply(p, n, device):
-    return torch.rand(n, device=device) < p
+def _uniform(u: torch.Tensor, lo: float, hi: float) -> torch.Tensor:
+    return u * (hi - lo) + lo
 
 
-def crop_flip_rotate(x: torch.Tensor, boxes: torch.Tensor, cfg: ViewConfig) -> torch.Tensor:
-    """Random resized crop inside each content box, flips and rotation: (B,1,H,W) -> (B,1,*size)."""
+def crop_flip_rotate(x: torch.Tensor, boxes: torch.Tensor, cfg: ViewConfig, u: torch.Tensor) -> torch.Tensor:
+    """Random resized crop inside each content box, flips and rotation: (B,1,H,W) -> (B,1,*size);
+    ``u`` (B, DRAWS) are the views' uniform draws."""
     b, _, h_in, w_in = x.shape
     dev = x.device
     top, left, bh, bw = boxes.unbind(1)
-    area = bh * bw * _uniform(b, cfg.min_scale, 1.0, dev)
-    ratio = torch.exp(_uniform(b, math.log(cfg.ratio[0]), math.log(cfg.ratio[1]), dev))
+    area = bh * bw * _uniform(u[:, AREA], cfg.min_scale, 1.0)
+    ratio = torch.exp(_uniform(u[:, RATIO], math.log(cfg.ratio[0]), math.log(cfg.ratio[1])))
     cw = torch.minimum(torch.sqrt(area * ratio), bw)
     ch = torch.minimum(torch.sqrt(area / ratio), bh)
-    cx = left + cw / 2 + torch.rand(b, device=dev) * (bw - cw)
-    cy = top + ch / 2 + torch.rand(b, device=dev) * (bh - ch)
-    flip_x = torch.where(_apply(0.5, b, dev) & (1 in cfg.flips), -1.0, 1.0)  # drawn either way: the same
-    flip_y = torch.where(_apply(0.5, b, dev) & (0 in cfg.flips), -1.0, 1.0)  # random stream whatever is allowed
-    angle = _uniform(b, -cfg.max_rotation, cfg.max_rotation, dev) * math.pi / 180
+    cx = left + cw / 2 + u[:, CX] * (bw - cw)
+    cy = top + ch / 2 + u[:, CY] * (bh - ch)
+    flip_x = torch.where((u[:, FLIP_X] < 0.5) & (1 in cfg.flips), -1.0, 1.0)  # drawn either way: the same
+    flip_y = torch.where((u[:, FLIP_Y] < 0.5) & (0 in cfg.flips), -1.0, 1.0)  # draws whatever is allowed
+    angle = _uniform(u[:, ANGLE], -cfg.max_rotation, cfg.max_rotation) * math.pi / 180
     oh, ow = cfg.size
     v, u = torch.meshgrid(torch.linspace(-1, 1, oh, device=dev), torch.linspace(-1, 1, ow, device=dev), indexing="ij")
     dx = u[None] * (cw * flip_x / 2)[:, None, None]
@@ -105,23 +117,23 @@ def gaussian_blur(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
     return out.reshape(b, c, h, w)
 
 
-def make_views(x: torch.Tensor, boxes: torch.Tensor, cfg: ViewConfig) -> torch.Tensor:
-    """One random view of each slice. x (B, 1, H, W) in [0, 1], boxes (B, 4) -> (B, 1, *cfg.size)."""
-    v = crop_flip_rotate(x, boxes, cfg)
-    b, dev = len(v), v.device
+def make_views(x: torch.Tensor, boxes: torch.Tensor, cfg: ViewConfig, u: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+    """One view of each slice, from the samples' own draws: x (B, 1, H, W) in [0, 1], boxes (B, 4),
+    u (B, DRAWS) uniform in [0, 1), noise (B, 1, *cfg.size) standard normal -> (B, 1, *cfg.size)."""
+    v = crop_flip_rotate(x, boxes, cfg, u)
     one = lambda t: t[:, None, None, None]  # noqa: E731
-    gamma = torch.where(_apply(cfg.p_gamma, b, dev), torch.exp(_uniform(b, *map(math.log, cfg.gamma), dev)), 1.0)
+    gamma = torch.where(u[:, GAMMA_ON] < cfg.p_gamma, torch.exp(_uniform(u[:, GAMMA], *map(math.log, cfg.gamma))), 1.0)
     v = v.clamp(min=0) ** one(gamma)
-    color = _apply(cfg.p_color, b, dev)
-    contrast = torch.where(color, _uniform(b, 1 - cfg.contrast, 1 + cfg.contrast, dev), 1.0)
-    bright = torch.where(color, _uniform(b, -cfg.brightness, cfg.brightness, dev), 0.0)
+    color = u[:, COLOR_ON] < cfg.p_color
+    contrast = torch.where(color, _uniform(u[:, CONTRAST], 1 - cfg.contrast, 1 + cfg.contrast), 1.0)
+    bright = torch.where(color, _uniform(u[:, BRIGHT], -cfg.brightness, cfg.brightness), 0.0)
     mean = v.mean(dim=(1, 2, 3), keepdim=True)
     v = (v - mean) * one(contrast) + mean + one(bright)
-    blur = _apply(cfg.p_blur, b, dev)
+    blur = u[:, BLUR_ON] < cfg.p_blur
     if blur.any():
-        v = torch.where(one(blur), gaussian_blur(v, _uniform(b, *cfg.blur_sigma, dev)), v)
-    noise = torch.where(_apply(cfg.p_noise, b, dev), _uniform(b, *cfg.noise_std, dev), 0.0)
-    return v + torch.randn_like(v) * one(noise)
+        v = torch.where(one(blur), gaussian_blur(v, _uniform(u[:, SIGMA], *cfg.blur_sigma)), v)
+    std = torch.where(u[:, NOISE_ON] < cfg.p_noise, _uniform(u[:, NOISE], *cfg.noise_std), 0.0)
+    return v + noise.to(v.dtype) * one(std)
 
 
 def positive_accuracy(z0: torch.Tensor, z1: torch.Tensor) -> torch.Tensor:
@@ -137,8 +149,9 @@ def positive_accuracy(z0: torch.Tensor, z1: torch.Tensor) -> torch.Tensor:
 class SimCLRModel(nn.Module):
     """Encoder + projection head + NT-Xent.
 
-    Input: (slices (B, 1, H, W), boxes (B, 4)) -> two views made on the device -> loss, accuracy;
-    or two ready-made views ((B, 1, h, w), (B, 1, h, w)) with ``views_ready=True``.
+    Input: (slices (B, 1, H, W), boxes (B, 4), draws (B, 2, DRAWS), noise (B, 2, 1, h, w)), as
+    :class:`SimCLRSample` makes them -> two views made on the device -> loss, accuracy. Views are
+    drawn from nothing but the batch, so a preview draws no random number.
     """
 
     def __init__(self, encoder: nn.Module, temperature: float = 0.2, proj_dim: int = 128, gather: bool = False,
@@ -151,9 +164,9 @@ class SimCLRModel(nn.Module):
         self.views = views
 
     def two_views(self, batch) -> tuple[torch.Tensor, torch.Tensor]:
-        x, boxes = batch
+        x, boxes, u, noise = batch
         with torch.no_grad():
-            return make_views(x, boxes, self.views), make_views(x, boxes, self.views)
+            return tuple(make_views(x, boxes, self.views, u[:, k], noise[:, k]) for k in (0, 1))
 
     def loss_on_views(self, x0: torch.Tensor, x1: torch.Tensor) -> dict:
         z0, z1 = self.head(pooled_features(self.encoder, torch.cat([x0, x1]))).chunk(2)
@@ -164,7 +177,7 @@ class SimCLRModel(nn.Module):
 
     def preview(self, batch) -> torch.Tensor:
         """View pairs of the first 8 slices, interleaved: (16, 1, h, w)."""
-        x0, x1 = self.two_views((batch[0][:8], batch[1][:8]))
+        x0, x1 = self.two_views(tuple(t[:8] for t in batch))
         return torch.stack([x0, x1], 1).flatten(0, 1).clamp(0, 1)
 
 
@@ -186,6 +199,6 @@ class SimCLR(PretextTask):
         gather = dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
         flips = scans.slice_flips(scans.resolve_flip_axes(args.flip_axes, args.data), args.axis)
         cfg = ViewConfig(size=tuple(args.view_size), min_scale=args.min_scale, flips=flips)
-        self.views = SliceAndBox()
+        self.views = SimCLRSample(cfg.size)
         self.model = SimCLRModel(encoder, args.temperature, args.proj_dim, gather=gather, views=cfg)
         self.chance = 1.0 / (2 * args.batch_size - 1)
