@@ -24,7 +24,8 @@ def make_executor(kind: str, folder: str | Path, timeout_min: int | None = None,
         ex.update_parameters(timeout_min=timeout_min or 120)  # submitit's default would kill jobs after 2 minutes
         return ex
     if kind == "slurm":
-        ex = submitit.AutoExecutor(folder=str(folder), cluster="slurm")
+        ex = submitit.AutoExecutor(folder=str(folder), cluster="slurm",
+                                   slurm_max_num_timeout=int((profile or {}).get("max_requeues", 10)))
         ex.update_parameters(name=job_name, **slurm_parameters(profile or {}, timeout_min, gpus))
         return ex
     raise ValueError(f"unknown executor {kind!r}; expected one of {EXECUTORS}")

@@ -11,7 +11,9 @@ Fields (all optional):
   mem_gb             memory per node in GB
   time_min           time limit per job in minutes (jobs requeue themselves when it runs out)
   array_parallelism  at most this many fine-tuning array tasks at once
-  signal_delay_s     seconds before the time limit at which SLURM sends USR2 (submitit checkpoints + requeues)
+  signal_delay_s     seconds before the time limit at which SLURM sends USR2 (the run saves, submitit requeues)
+  max_requeues       how many times a job may requeue itself after reaching its time limit (default 10;
+                     submitit's own default, 3, is too few for a long pretraining with a short limit)
   setup              shell lines run before each job (e.g. module load, source .venv/bin/activate)
   sbatch             extra sbatch parameters, e.g. {exclude: node12, mail-type: FAIL}
   collector          fields that differ for the grid's collector job (a short CPU job by default:
@@ -29,7 +31,7 @@ import yaml
 from engine import ConfigError
 
 FIELDS = ("partition", "account", "qos", "constraint", "nodes", "gpus_per_node", "tasks_per_node", "cpus_per_task",
-          "mem_gb", "time_min", "array_parallelism", "signal_delay_s", "setup", "sbatch", "collector")
+          "mem_gb", "time_min", "array_parallelism", "signal_delay_s", "max_requeues", "setup", "sbatch", "collector")
 COLLECTOR_FIELDS = ("partition", "account", "qos", "constraint", "gpus_per_node", "cpus_per_task", "mem_gb", "time_min",
                     "setup", "sbatch")
 POSITIVE = ("nodes", "tasks_per_node", "cpus_per_task", "time_min", "array_parallelism")
@@ -53,7 +55,7 @@ def load_profile(path: str | Path) -> dict:
     if not isinstance(collector, dict) or set(collector) - set(COLLECTOR_FIELDS):
         raise ConfigError(f"{p}: collector is a mapping of some of {list(COLLECTOR_FIELDS)}, got {collector!r}")
     for where, fields in (("", prof), ("collector.", collector)):
-        for k in POSITIVE + ("gpus_per_node", "mem_gb", "signal_delay_s"):
+        for k in POSITIVE + ("gpus_per_node", "mem_gb", "signal_delay_s", "max_requeues"):
             v = fields.get(k)
             if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or v < (1 if k in POSITIVE else 0)):
                 raise ConfigError(f"{p}: {where}{k} must be a number >= {1 if k in POSITIVE else 0}, got {v!r}")

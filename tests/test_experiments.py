@@ -184,3 +184,19 @@ def test_a_grid_that_asks_for_a_missing_gpu_stops_before_starting_anything(tmp_p
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "no CUDA device" in err and "nothing was started" in err
     assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize("over, says", [
+    (dict(finetune={"steps": -5}), "finetune.steps for fraction 0.5 must be an integer >= 1, got -5"),
+    (dict(finetune={"batch_size": 0}), "finetune.batch_size for fraction 0.5 must be an integer >= 1, got 0"),
+    (dict(cpus_per_job=0), "cpus_per_job must be an integer >= 1, got 0"),
+    (dict(timeout_min=0), "timeout_min must be an integer >= 1"),
+    (dict(finetune={"args": {"lr": -1.0}}), "run unet/random/frac0.5/L0_S0: --lr must be a finite number > 0, got -1.0"),
+    (dict(pretrain={"args": {"size": [0, 64]}}), "run pretrain/simclr: --size must be positive"),
+])
+def test_config_values_that_cannot_run_stop_it_before_anything_is_written(tmp_path, small_msd, capsys, over, says):
+    cfg = write_config(tmp_path, small_msd, **over)
+    assert experiments_main(["reproduce", "--config", str(cfg)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and says in err, err
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "results").exists()

@@ -558,3 +558,108 @@ def test_validation_and_watch_cases_keep_subjects_apart(data_dir, tmp_path):
         mid = select(data_dir, split, 0.1, seed, watch_cases=20)
         labelled = {groups[c.case_id] for c in mid.train}
         assert len(mid.watch) == 20 and not {groups[c.case_id] for c in mid.watch} & labelled
+
+
+# ------------------------------------------------------------------ files nobody should trust
+
+def test_predict_and_export_write_over_nothing(tiny, tmp_path, capsys):
+    """Refused in one line (exit 2), leaving every file as it was: predict into the input's folder, into a
+    dataset's labelsTr, into the run folder, inputs whose outputs share a name, a second model's predictions
+    into one --out; export onto the run's model.pt or into a place that cannot be written."""
+    from finetune import export, predict
+    data, split = tiny
+    run_a, run_b = tmp_path / "a", tmp_path / "b"
+    for out, seed in ((run_a, "0"), (run_b, "1")):
+        assert main(argv(data, split, out, "--steps", "2", "--max-test-cases", "1", "--seed", seed)) == 0
+    image = sorted((data / "imagesTr").glob("*.nii.gz"))[0]
+    scans_dir = tmp_path / "scans"
+    scans_dir.mkdir()
+    (scans_dir / "case.nii.gz").write_bytes(image.read_bytes())
+    before = fingerprint(tmp_path)
+
+    def refused(*args, says):
+        capsys.readouterr()
+        assert predict.main(list(args)) == 2, args
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and says in err, err
+
+    refused("--run", str(run_a), "--input", str(scans_dir), "--out", str(scans_dir), says="inside the input folder")
+    refused("--run", str(run_a), "--input", str(scans_dir / "case.nii.gz"), "--out", str(scans_dir), says="holds the input")
+    refused("--run", str(run_a), "--input", str(image), "--out", str(data / "labelsTr"), says="dataset folder")
+    refused("--run", str(run_a), "--input", str(image), "--out", str(run_a / "preds"), says="inside the run folder")
+    (scans_dir / "case.nii").write_bytes(__import__("gzip").decompress(image.read_bytes()))
+    refused("--run", str(run_a), "--input", str(scans_dir), "--out", str(tmp_path / "p1"), says="same output name")
+    assert not (tmp_path / "p1").exists()
+    (scans_dir / "case.nii").unlink()
+    assert fingerprint(tmp_path) == before
+    assert predict.main(["--run", str(run_a), "--input", str(image), "--out", str(tmp_path / "p")]) == 0
+    assert predict.main(["--run", str(run_a), "--input", str(image), "--out", str(tmp_path / "p")]) == 0  # same model: fine
+    written = {k: v for k, v in fingerprint(tmp_path / "p").items() if k != ".lock"}
+    refused("--run", str(run_b), "--input", str(image), "--out", str(tmp_path / "p"), says="another model")
+    refused("--run", str(run_a), "--input", str(image), "--out", str(tmp_path / "p"), "--amp", says="other options")
+    assert {k: v for k, v in fingerprint(tmp_path / "p").items() if k != ".lock"} == written
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("x")
+    refused("--run", str(run_a), "--input", str(image), "--out", str(tmp_path / "mine"), says="not empty")
+    model = (run_a / "model.pt").read_bytes()
+    for out, says in ((run_a / "model.pt", "must end in .onnx"), ("/proc/ssl-medseg-test/m.onnx", "/proc")):
+        capsys.readouterr()
+        assert export.main(["--run", str(run_a), "--out", str(out)]) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and says in err, err
+    assert (run_a / "model.pt").read_bytes() == model
+
+
+def test_labels_outside_the_classes_are_refused_before_anything_starts(tiny, tmp_path, capsys):
+    import nibabel as nib
+    data, split = tiny
+    bad = sorted((data / "labelsTr").glob("*.nii.gz"))[0]
+    img = nib.load(bad)
+    arr = np.asarray(img.dataobj).copy()
+    arr[0, 0, 0] = 7
+    bad.unlink()  # a symlink into the embedded data: replace it by a changed copy
+    nib.save(nib.Nifti1Image(arr, img.affine, img.header), bad)
+    out = tmp_path / "run"
+    assert main(argv(data, split, out)) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and bad.name in err and "[7]" in err, err
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("change, expect", [
+    (("--device", "cuda:99"), "cuda:99"),
+    (("--lr", "inf"), "--lr must be a finite number > 0"),
+    (("--batch-size", "0"), "--batch-size must be >= 1"),
+    (("--class-weights", "1", "nan", "1"), "--class-weights"),
+])
+def test_options_that_cannot_run_leave_no_folder(tiny, tmp_path, capsys, change, expect):
+    data, split = tiny
+    out = tmp_path / "run"
+    assert main(argv(data, split, out, *change)) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and expect in err, err
+    assert not out.exists()
+    (tmp_path / "file").write_text("x")
+    assert main(argv(data, split, tmp_path / "file")) == 2
+    assert "is a file" in capsys.readouterr().err
+
+
+def test_predict_repeats_the_evaluation_tta_included(tiny, tmp_path):
+    """A run evaluated with --tta records it in model.pt: predict without flags scores what the evaluation scored;
+    --no-tta turns it off."""
+    import nibabel as nib
+
+    from finetune import predict
+    data, split = tiny
+    out = tmp_path / "run"
+    m = run(args_of(*argv(data, split, out, "--steps", "6", "--tta", "--flip-axes", "0", "--max-test-cases", "1")))
+    case = m["test_cases"][0]
+    image = next((data / "imagesTr").glob(f"{case}*.nii.gz"))
+    truth = np.asarray(nib.load(data / "labelsTr" / f"{case}.nii.gz").dataobj)
+    assert predict.main(["--run", str(out), "--input", str(image), "--out", str(tmp_path / "p")]) == 0
+    labels = np.asarray(nib.load(tmp_path / "p" / f"{case}.nii.gz").dataobj)
+    for k, d in m["cases"][0]["dice"].items():
+        assert _dice(labels, truth, int(k)) == pytest.approx(d, abs=1e-9)
+    assert json.loads((tmp_path / "p" / "predict.json").read_text())["tta"] is True
+    assert predict.main(["--run", str(out), "--input", str(image), "--out", str(tmp_path / "q"), "--no-tta"]) == 0
+    assert json.loads((tmp_path / "q" / "predict.json").read_text())["tta"] is False

@@ -453,3 +453,32 @@ def test_normalization_presets_and_ct_window():
         parse("ct")
     with pytest.raises(ValueError, match="--norm ct only"):
         parse("zscore", 40.0, 400.0)
+
+
+def test_split_never_writes_over_a_file_that_is_not_a_split(data_dir, tmp_path, capsys):
+    ds = tmp_path / "ds"
+    shutil.copytree(data_dir, ds, ignore=lambda d, names: [n for n in names if n.endswith(".nii.gz") and n > "hippocampus_02"])
+    (ds / "dataset.json").write_text(json.dumps({"name": "copy", "labels": {"0": "background", "1": "A", "2": "P"}}))
+    meta = (ds / "dataset.json").read_bytes()
+    assert scans_main(["split", str(ds), "--out", str(ds / "dataset.json")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "is not a split file" in err and (ds / "dataset.json").read_bytes() == meta
+    assert scans_main(["split", str(ds), "--out", str(ds / "splits.json")]) == 0  # a new file in the folder: fine
+    assert scans_main(["split", str(ds), "--seeds", "1", "--out", str(ds / "splits.json")]) == 0  # a split: replaced
+    groups = tmp_path / "groups.json"
+    groups.write_text(json.dumps({}))
+    assert scans_main(["split", str(ds), "--groups", str(groups), "--out", str(groups)]) == 2
+    assert "--groups file" in capsys.readouterr().err and groups.read_text() == "{}"
+
+
+def test_non_finite_voxels_are_replaced_with_a_warning_before_normalisation(capsys):
+    clean = np.random.default_rng(0).random((20, 24, 6)).astype(np.float32) * 100 + 10
+    dirty = clean.copy()
+    dirty[0, :5, 0], dirty[3, 3, 3], dirty[4, 4, 4] = np.nan, np.inf, -np.inf
+    fixed = scans.replace_nonfinite(dirty, "scan.nii.gz")
+    err = capsys.readouterr().err
+    assert "scan.nii.gz" in err and "7 voxels" in err and "not finite" in err
+    assert np.isfinite(fixed).all() and fixed[0, 0, 0] == np.nanmin(np.where(np.isfinite(dirty), dirty, np.nan))
+    ok = np.isfinite(dirty)
+    np.testing.assert_allclose(scans.normalize(fixed)[ok], scans.normalize(clean)[ok], atol=0.02)
+    assert scans.replace_nonfinite(clean, "x") is clean and capsys.readouterr().err == ""

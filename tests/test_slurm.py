@@ -1,10 +1,11 @@
 """A real single-node SLURM cluster (slurm/local-cluster.sh): submit through `python -m slurm` and
-`python -m experiments --executor slurm` (submitit + sbatch), requeue a running job and check it
-resumes. The cluster is stopped even when a test fails.
+`python -m experiments --executor slurm` (submitit + sbatch), let a job run into its time limit and
+check that it saves, requeues and resumes to the same encoder. The cluster is stopped even when a
+test fails. Profiles and the distributed environment are checked without the cluster.
 
 No wait assumes a speed: a wait fails only when nothing has moved (job state, log lines, files)
-for STALL seconds, and the requeued job sleeps 0.2 s per step, so the requeue always lands while
-it runs, however fast or busy the machine is.
+for STALL seconds, and the time-limited job sleeps 0.5 s per step for longer than SLURM may take
+to send its warning, so the warning always lands while it trains, however fast or busy the machine is.
 """
 import json
 import os
@@ -16,6 +17,10 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
+
+from slurm import collector_profile, load_profile, pretrain_world_size
+from slurm.profiles import slurm_parameters
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "slurm" / "local-cluster.sh"
@@ -23,8 +28,8 @@ STATE = "/tmp/ssl-medseg-slurm"
 PROFILE = ROOT / "slurm" / "profiles" / "local-test.yaml"
 STALL = 600  # seconds without any progress before a wait gives up
 
-pytestmark = pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("apt-get"),
-                                reason="the local SLURM cluster needs root and apt-get")
+needs_cluster = pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("apt-get"),
+                                   reason="the local SLURM cluster needs root and apt-get")
 
 
 @pytest.fixture(scope="module")
@@ -74,38 +79,47 @@ def split(tmp_path_factory, data_dir):
     return path
 
 
-def test_slurm_requeue_resumes_pretraining_at_a_checkpoint(slurm_cluster, tmp_path, split):
-    out, total = tmp_path / "pre", 150
-    r = subprocess.run([sys.executable, "-m", "slurm", "submit", "pretrain", "--profile", str(PROFILE),
-                        "--task", "rotation", "--split", str(split), "--out", str(out), "--steps", str(total),
-                        "--batch-size", "8", "--max-cases", "4", "--ckpt-every", "10", "--log-every", "1",
-                        "--sleep-per-step", "0.2", "--device", "cpu"], cwd=ROOT, capture_output=True, text=True,
-                       timeout=300)
+@needs_cluster
+def test_a_job_past_its_time_limit_saves_requeues_and_resumes_to_the_same_encoder(slurm_cluster, tmp_path, split):
+    """A 1-minute time limit with the warning (USR2) 10 s before it: slurmctld checks limits every 30 s and
+    sends the warning up to 30 s early, so it comes 20 to 50 s after the start, while the run (100 steps of
+    at least 0.5 s) trains. The run stops after the step in flight, saves, and submitit requeues it (as
+    often as it takes: a busy machine starts each attempt later and gets fewer steps done in it); each
+    attempt resumes exactly where the last one stopped (nothing lost), and the final encoder equals an
+    uninterrupted run's."""
+    profile = tmp_path / "limited.yaml"
+    profile.write_text(PROFILE.read_text() + "\ntime_min: 1\nsignal_delay_s: 10\nmax_requeues: 50\n")
+    run = ["--task", "rotation", "--split", str(split), "--steps", "100", "--batch-size", "8", "--max-cases", "4",
+           "--ckpt-every", "1000", "--log-every", "1", "--device", "cpu"]
+    out, ref = tmp_path / "limited", tmp_path / "ref"
+    r = subprocess.run([sys.executable, "-m", "slurm", "submit", "pretrain", "--profile", str(profile), *run,
+                        "--sleep-per-step", "0.5", "--out", str(out)], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stdout + r.stderr
     job_id = re.search(r"submitted pretrain job (\d+)", r.stdout).group(1)
-    job_log = out / "slurm" / f"{job_id}_0_log.out"
-    moving = lambda: (squeue_state(job_id), snapshot(out))  # noqa: E731
-    wait_for(lambda: "checkpoint at step" in (job_log.read_text() if job_log.is_file() else ""),
-             "the first checkpoint", moving)
-    subprocess.run(["scontrol", "requeue", job_id], check=True)
+    done = subprocess.run([sys.executable, "-m", "pretrain", *run, "--out", str(ref)], cwd=ROOT, capture_output=True,
+                          text=True, timeout=600)  # the uninterrupted run, on this machine meanwhile
+    assert done.returncode == 0, done.stderr[-2000:]
 
     def finished():
         if squeue_state(job_id) == "PENDING":
             release_hold(job_id)  # a requeued job is held ~2 min (Reason=BeginTime); start it now
         return (out / "summary.json").is_file()
-    wait_for(finished, "the requeued job to finish", moving)
+    moving = lambda: (squeue_state(job_id), snapshot(out))  # noqa: E731
+    wait_for(finished, "the time-limited job to finish", moving)
     wait_for(lambda: squeue_state(job_id) is None, "the job to leave the queue", moving)
 
-    assert json.loads((out / "summary.json").read_text())["step"] == total
-    log = job_log.read_text()  # both attempts (the profile appends)
-    first, second = log.split("resuming from", 1)
-    saved = {int(s) for s in re.findall(r"checkpoint at step (\d+)/", first)}
-    resumed = int(re.match(rf" {out / 'checkpoint.pt'} at step (\d+)/{total}", second).group(1))
-    assert resumed > 0 and resumed in saved, (resumed, sorted(saved))  # continued from a checkpoint it wrote
-    steps = [json.loads(l)["step"] for l in (out / "log.jsonl").read_text().splitlines()]
-    assert steps == list(range(1, total + 1))  # every step logged exactly once
+    log = (out / "slurm" / f"{job_id}_0_log.out").read_text()  # every attempt (the profile appends)
+    stops = [int(s) for s in re.findall(r"stopped \(SIGUSR2\) at step (\d+)/100", log)]
+    resumes = [int(s) for s in re.findall(r"resuming from \S+ at step (\d+)/100", log)]
+    assert stops and resumes == stops, (stops, resumes, log[-3000:])  # requeued, and not a step lost
+    steps = [json.loads(line)["step"] for line in (out / "log.jsonl").read_text().splitlines()]
+    assert steps == list(range(1, 101))
+    a = torch.load(ref / "encoder.pt", weights_only=True)["state_dict"]
+    b = torch.load(out / "encoder.pt", weights_only=True)["state_dict"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+@needs_cluster
 def test_slurm_submit_finetune(slurm_cluster, tmp_path, split):
     out = tmp_path / "ft"
     r = subprocess.run([sys.executable, "-m", "slurm", "submit", "finetune", "--profile", str(PROFILE), "--arch", "unet",
@@ -123,6 +137,7 @@ def test_slurm_submit_finetune(slurm_cluster, tmp_path, split):
     assert bad.returncode == 2 and bad.stderr.strip() == "error: --steps must be >= 0, got -1"
 
 
+@needs_cluster
 def test_slurm_grid_pretrain_finetune_collect(slurm_cluster, tmp_path, small_msd):
     sys.path.insert(0, str(ROOT / "tests"))
     from test_experiments import write_config
@@ -133,6 +148,11 @@ def test_slurm_grid_pretrain_finetune_collect(slurm_cluster, tmp_path, small_msd
     assert "afterok:" in r.stdout and "afterany:" in r.stdout
     registry = json.loads((tmp_path / "runs" / "tiny" / "slurm_jobs.json").read_text())
     assert len(registry) == 1 + 4 + 1  # pretrain, 4 fine-tuning cells, collector
+    limits = {key: subprocess.run(["scontrol", "show", "job", entry["job_id"]], capture_output=True, text=True).stdout
+              for key, entry in registry.items()}
+    # the config's timeout_min (10) is every training job's limit, not the profile's time_min (30)
+    assert "TimeLimit=00:10:00" in limits["pretrain/simclr"], limits["pretrain/simclr"]
+    assert all("TimeLimit=00:10:00" in text for key, text in limits.items() if key != "collect" and text), limits
     collect_id = registry["collect"]["job_id"]
     wait_for(lambda: squeue_state(collect_id) is None, "the collector job",
              lambda: (subprocess.run(["squeue", "-h"], capture_output=True, text=True).stdout, snapshot(tmp_path / "runs")))
@@ -144,3 +164,31 @@ def test_slurm_grid_pretrain_finetune_collect(slurm_cluster, tmp_path, small_msd
     st = subprocess.run([sys.executable, "-m", "experiments", "status", "--config", str(cfg)], cwd=ROOT,
                         capture_output=True, text=True, timeout=300)
     assert "5 done" in st.stdout, st.stdout
+
+
+def test_profiles_time_limits_and_the_collectors_resources(tmp_path):
+    prof = load_profile(ROOT / "slurm" / "profiles" / "example-gpu.yaml")
+    assert slurm_parameters(prof)["timeout_min"] == 240 and slurm_parameters(prof, time_min=720)["timeout_min"] == 720
+    collector = collector_profile(prof)  # a short CPU job on the same partition by default
+    assert collector["gpus_per_node"] == 0 and collector["cpus_per_task"] == 1 and collector["partition"] == "gpu"
+    p = tmp_path / "p.yaml"
+    p.write_text("partition: gpu\ngpus_per_node: 4\ncollector: {gpus_per_node: 1, partition: gpu-small}\n")
+    collector = collector_profile(load_profile(p))  # a partition that requires a GPU
+    assert collector["gpus_per_node"] == 1 and collector["partition"] == "gpu-small" and "collector" not in collector
+    assert slurm_parameters(collector)["gpus_per_node"] == 1 and pretrain_world_size(load_profile(p)) == 4
+    for text, says in (("collector: {nodes: 2}\n", "collector is a mapping"), ("cpus_per_task: 0\n", "cpus_per_task must be")):
+        p.write_text(text)
+        with pytest.raises(ValueError, match=says):
+            load_profile(p)
+
+
+def test_the_ddp_export_replaces_what_the_site_set():
+    """Inside a SLURM task whose environment already has MASTER_ADDR and RANK (a site prolog, a launching
+    job), the job's own values are exported, and the job log says so."""
+    env = {"PATH": os.environ["PATH"], "SUBMITIT_EXECUTOR": "slurm", "SLURM_JOB_ID": "123", "SLURM_NTASKS": "2",
+           "SLURM_JOB_NUM_NODES": "1", "SLURM_NODEID": "0", "SLURM_JOB_NODELIST": "localhost", "SLURM_PROCID": "1",
+           "SLURM_LOCALID": "1", "MASTER_ADDR": "elsewhere", "RANK": "7", "NO_ALBUMENTATIONS_UPDATE": "1"}
+    code = "import os, slurm.jobs as j; j._distributed_env(); print(os.environ['MASTER_ADDR'], os.environ['RANK'], os.environ['WORLD_SIZE'])"
+    r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.splitlines()[-1] == "localhost 1 2" and "MASTER_ADDR elsewhere -> localhost" in r.stdout
