@@ -4,6 +4,8 @@ from __future__ import annotations
 import argparse
 import math
 
+import scans
+
 from .errors import ConfigError
 
 
@@ -40,7 +42,12 @@ def optimizer_parser(lr: float, weight_decay: float, warmup_fraction: float = 0.
 
 
 def check_runtime_args(args) -> None:
-    """Raise ConfigError for a runtime or optimizer option out of range (before anything is created)."""
+    """Raise ConfigError for a runtime or optimizer option out of range, or an ``--out`` inside a dataset
+    folder (a run's files there could replace the dataset's), before anything is created."""
+    root = scans.dataset_root(args.out)
+    if root is not None:
+        raise ConfigError(f"--out {args.out} lies in the dataset folder {root}; a run folder there could replace "
+                          "its files: use a folder outside it")
     for name in ("log_every",):
         if getattr(args, name) < 1:
             raise ConfigError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")

@@ -3,8 +3,8 @@ settings beside its results (HPARAMS), and a layout that puts one metric of ever
 (CUSTOM SCALARS). The trainers pass their own settings, tags and charts; nothing here names them.
 
 Every scalar's x-axis is the optimisation step (images seen is a scalar of its own), so runs with
-other batch sizes line up. HPARAMS reads its metrics from scalars the run already logged (for
-example ``test/mean_dice``): no ``hparam/*`` copies in SCALARS.
+other batch sizes line up. HPARAMS reads its metrics from scalars the run already logged: no
+``hparam/*`` copies in SCALARS.
 """
 from __future__ import annotations
 

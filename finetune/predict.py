@@ -96,14 +96,6 @@ class Predictor:
 MANIFEST = "predict.json"  # in --out: which run and test-time options made the predictions there
 
 
-def dataset_root(path: Path) -> Path | None:
-    """The dataset folder (MSD / nnU-Net: ``imagesTr/``, ``labelsTr/`` or ``dataset.json``) that is or holds ``path``."""
-    for p in (path, *path.parents):
-        if (p / "imagesTr").is_dir() or (p / "labelsTr").is_dir() or (p / "dataset.json").is_file():
-            return p
-    return None
-
-
 def check_out(out, inputs: list[Path], source, run_dir) -> None:
     """Refuse (ConfigError, one line) an ``--out`` that could write over an input, a dataset's files or the run,
     and inputs whose segmentations would get the same name."""
@@ -117,7 +109,7 @@ def check_out(out, inputs: list[Path], source, run_dir) -> None:
         if out in (p.resolve(), p.resolve().parent):
             raise engine.ConfigError(f"--out {out} holds the input {p}: a segmentation could be written over it; "
                                      "use another --out")
-    root = dataset_root(out)
+    root = scans.dataset_root(out)
     if root is not None:
         raise engine.ConfigError(f"--out {out} lies in the dataset folder {root} (imagesTr/, labelsTr/ or dataset.json): "
                                  "a segmentation could be written over its scans or labels; use a folder outside it")

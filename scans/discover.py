@@ -36,6 +36,16 @@ def case_id_from_name(name: str) -> str:
     return CHANNEL_SUFFIX.sub("", strip_extension(name))
 
 
+def dataset_root(path: str | os.PathLike) -> Path | None:
+    """The MSD / nnU-Net dataset folder (``imagesTr/``, ``labelsTr/`` or ``dataset.json``) that is or holds ``path``,
+    else None. Commands refuse to write there: an output could replace a scan, a label or the metadata."""
+    path = Path(path).resolve()
+    for p in (path, *path.parents):
+        if (p / "imagesTr").is_dir() or (p / "labelsTr").is_dir() or (p / "dataset.json").is_file():
+            return p
+    return None
+
+
 def find_cases(data_dir: str | os.PathLike) -> list[Case]:
     """All cases of ``data_dir``, sorted by case id."""
     root = Path(data_dir)
