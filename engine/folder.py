@@ -19,6 +19,7 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import re
 from pathlib import Path
 
 import torch
@@ -199,13 +200,19 @@ class RunFolder:
 
 def load_weights(path: str | os.PathLike, what: str = "file"):
     """``torch.load(path, weights_only=True)`` on the CPU; a file that needs more than tensors and
-    plain values (code) or is no torch file at all is a ConfigError naming it, in one line."""
+    plain values (code) or is no torch file at all is a ConfigError naming it, in one line (never
+    PyTorch's advice to load it with ``weights_only=False``)."""
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001  (pickle and zip errors of every kind)
-        detail = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        if "Weights only load failed" in detail or "WeightsUnpickler" in str(e):
-            found = next((l.strip() for l in str(e).splitlines() if "Unsupported global" in l), "")
-            detail = "it holds more than tensors and plain values" + (f" ({found.split('. ')[0].rstrip('.')})" if found else "")
+        text = str(e)
+        code = re.search(r"GLOBAL ([\w.]+)", text)
+        if code:
+            detail = f"it would import {code.group(1)}: it holds more than tensors and plain values"
+        elif "Weights only load failed" in text:
+            lines = [l.strip() for l in text.split("WeightsUnpickler error:")[-1].splitlines() if l.strip()]
+            detail = f"not a torch file of tensors and plain values ({lines[0] if lines else 'unpickling failed'})"
+        else:
+            detail = f"{type(e).__name__}: {text.strip().splitlines()[0]}" if text.strip() else type(e).__name__
         raise ConfigError(f"{path}: cannot read this {what}: {detail}; it was not written by this project "
                           "(or is damaged): remove it or use another folder") from None

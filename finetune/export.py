@@ -83,9 +83,13 @@ def main(argv=None) -> int:
     try:
         check_out(args.out)
         model, spec = load_model(args.run, "cpu")
-        out = export(model, args.out, spec["size"], args.opset)
-    except (ValueError, OSError) as e:  # OSError: a place that cannot be written
+    except (ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
+        return 2
+    try:
+        out = export(model, args.out, spec["size"], args.opset)
+    except OSError as e:  # a place that cannot be written
+        print(f"error: --out {args.out}: cannot write there ({e.strerror or e})", file=sys.stderr)
         return 2
     diff = max_difference(model.to(memory_format=torch.contiguous_format), out)
     print(f"exported {spec['arch']} ({spec['encoder']}, {spec['num_classes']} classes) to {out}; "

@@ -601,6 +601,16 @@ def test_predict_and_export_write_over_nothing(tiny, tmp_path, capsys):
     (tmp_path / "mine").mkdir()
     (tmp_path / "mine" / "notes.txt").write_text("x")
     refused("--run", str(run_a), "--input", str(image), "--out", str(tmp_path / "mine"), says="not empty")
+    import nibabel as nib
+    vol = nib.load(image)
+    arr = np.asarray(vol.dataobj).astype(np.float32)
+    np.put(arr, np.arange(0, arr.size, 50), np.nan)  # 2% of the voxels (np.put: the array is Fortran-ordered)
+    header = vol.header.copy()
+    header.set_data_dtype(np.float32)
+    nib.save(nib.Nifti1Image(arr, vol.affine, header), tmp_path / "nan.nii.gz")
+    capsys.readouterr()
+    assert predict.main(["--run", str(run_a), "--input", str(tmp_path / "nan.nii.gz"), "--out", str(tmp_path / "n")]) == 0
+    assert f"{(arr.size + 49) // 50} voxels (2.0%) are not finite" in capsys.readouterr().err
     model = (run_a / "model.pt").read_bytes()
     for out, says in ((run_a / "model.pt", "must end in .onnx"), ("/proc/ssl-medseg-test/m.onnx", "/proc")):
         capsys.readouterr()
