@@ -80,7 +80,8 @@ def split(tmp_path_factory, data_dir):
 
 
 @needs_cluster
-def test_a_job_past_its_time_limit_saves_requeues_and_resumes_to_the_same_encoder(slurm_cluster, tmp_path, split):
+def test_a_job_past_its_time_limit_saves_requeues_and_resumes_to_the_same_encoder(slurm_cluster, finetune_job, tmp_path,
+                                                                                   split):
     """A 1-minute time limit with the warning (USR2) 10 s before it: slurmctld checks limits every 30 s and
     sends the warning up to 30 s early, so it comes 20 to 50 s after the start, while the run (100 steps of
     at least 0.5 s) trains. The run stops after the step in flight, saves, and submitit requeues it (as
@@ -119,15 +120,22 @@ def test_a_job_past_its_time_limit_saves_requeues_and_resumes_to_the_same_encode
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
-@needs_cluster
-def test_slurm_submit_finetune(slurm_cluster, tmp_path, split):
-    out = tmp_path / "ft"
+@pytest.fixture(scope="module")
+def finetune_job(slurm_cluster, tmp_path_factory, split):
+    """A fine-tuning job submitted through ``python -m slurm submit``; the time-limit test asks for it too, so it
+    runs on the cluster's other CPU while that test's job sleeps through its steps."""
+    out = tmp_path_factory.mktemp("ft") / "ft"
     r = subprocess.run([sys.executable, "-m", "slurm", "submit", "finetune", "--profile", str(PROFILE), "--arch", "unet",
                         "--encoder", "unet_tiny", "--fraction", "1.0", "--split", str(split), "--steps", "3",
                         "--batch-size", "8", "--max-test-cases", "2", "--device", "cpu", "--out", str(out)],
                        cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stdout + r.stderr
-    job_id = re.search(r"submitted finetune job (\d+)", r.stdout).group(1)
+    return re.search(r"submitted finetune job (\d+)", r.stdout).group(1), out
+
+
+@needs_cluster
+def test_slurm_submit_finetune(finetune_job, tmp_path, split):
+    job_id, out = finetune_job
     wait_for(lambda: squeue_state(job_id) is None, "the fine-tuning job", lambda: (squeue_state(job_id), snapshot(out)))
     m = json.loads((out / "metrics.json").read_text())
     assert m["status"] == "done" and m["steps"] == 3 and len(m["cases"]) == 2
