@@ -29,18 +29,6 @@ def runtime_parser(log_every: int = 10, ckpt_every: int = 0, workers: int = 0) -
     return p
 
 
-def optimizer_parser(lr: float, weight_decay: float, warmup_fraction: float = 0.05) -> argparse.ArgumentParser:
-    """``--lr``, ``--weight-decay``, ``--warmup-fraction``: the engine's AdamW and its schedule
-    (linear warm-up, then cosine decay to 0), with each trainer's defaults."""
-    p = argparse.ArgumentParser(add_help=False)
-    g = p.add_argument_group("optimizer (AdamW, linear warm-up then cosine decay)")
-    g.add_argument("--lr", type=float, default=lr, help="peak learning rate")
-    g.add_argument("--weight-decay", type=float, default=weight_decay)
-    g.add_argument("--warmup-fraction", type=float, default=warmup_fraction,
-                   help="fraction of the steps spent in linear warm-up")
-    return p
-
-
 def check_runtime_args(args) -> None:
     """Raise ConfigError for a runtime or optimizer option out of range, or an ``--out`` inside a dataset
     folder (a run's files there could replace the dataset's), before anything is created."""
@@ -55,14 +43,15 @@ def check_runtime_args(args) -> None:
         value = getattr(args, name)
         if not value >= 0 or not math.isfinite(value):
             raise ConfigError(f"--{name.replace('_', '-')} must be >= 0, got {value}")
-    if getattr(args, "workers", 0) < -1:
+    if args.workers < -1:
         raise ConfigError(f"--workers must be >= 0 (or -1: automatic), got {args.workers}")
-    if hasattr(args, "lr") and not (math.isfinite(args.lr) and args.lr > 0):
-        raise ConfigError(f"--lr must be a finite number > 0, got {args.lr}")
-    if hasattr(args, "weight_decay") and not (math.isfinite(args.weight_decay) and args.weight_decay >= 0):
-        raise ConfigError(f"--weight-decay must be a finite number >= 0, got {args.weight_decay}")
-    if hasattr(args, "warmup_fraction") and not 0 <= args.warmup_fraction < 1:
-        raise ConfigError(f"--warmup-fraction must be in [0, 1), got {args.warmup_fraction}")
+
+
+def check_finite(flag: str, value: float, minimum: float, inclusive: bool = True) -> None:
+    """ConfigError unless ``value`` is a finite number >= ``minimum`` (> with ``inclusive=False``); the
+    message names ``flag``, the option as its trainer calls it."""
+    if not math.isfinite(value) or value < minimum or (value == minimum and not inclusive):
+        raise ConfigError(f"{flag} must be a finite number {'>=' if inclusive else '>'} {minimum:g}, got {value}")
 
 
 def as_flags(options: dict) -> list[str]:

@@ -64,9 +64,9 @@ def run_identity(args: dict, files: dict[str, str | None] = (), leave_out=(), no
 
 
 def identity_diff(old: dict, new: dict) -> list[str]:
-    """``["--lr 0.002 -> 0.1", "content of --split a1b2... -> c3d4...", ...]`` for every key whose
+    """``["--some-option 1 -> 2", "content of --some-file a1b2... -> c3d4...", ...]`` for every key whose
     value differs (a missing key reads as None)."""
-    def name(k):  # "lr" -> --lr; "split_sha256" -> content of --split; "split__train_pool_sha256" -> train pool of --split
+    def name(k):  # "a_b" -> --a-b; "f_sha256" -> content of --f; "f__train_pool_sha256" -> train pool of --f
         if k == "world_size":
             return "world size (processes)"
         if k == "device":

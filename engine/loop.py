@@ -211,7 +211,7 @@ def fit(run: RunFolder, state: TrainState, trainer: Trainer, device: torch.devic
             if logged:
                 row = trainer.log_row(step, out)
                 if not math.isfinite(row["loss"]):
-                    raise FloatingPointError(f"loss is {row['loss']} at step {step}; lower --lr")
+                    raise FloatingPointError(f"loss is {row['loss']} at step {step}; lower the learning rate")
                 rate = n_rate / max(1e-9, time.perf_counter() - t_rate)
                 t_rate, n_rate = time.perf_counter(), 0
                 seen = step * s.images_per_step

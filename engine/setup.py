@@ -21,24 +21,25 @@ def prepare_model(model: torch.nn.Module, device: torch.device) -> torch.nn.Modu
     return model.to(device).to(memory_format=torch.channels_last)
 
 
-def make_optimizer(model: torch.nn.Module, args) -> torch.optim.Optimizer:
-    """AdamW over the model's parameters with ``--lr`` and ``--weight-decay`` (foreach: a 1.5x faster step on CPU too)."""
-    return torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay, foreach=True)
+def make_optimizer(model: torch.nn.Module, lr: float, weight_decay: float) -> torch.optim.Optimizer:
+    """AdamW over the model's parameters (foreach: a 1.5x faster optimizer step on CPU too)."""
+    return torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay, foreach=True)
 
 
-def start_training(folder: RunFolder, model: torch.nn.Module, args, device: torch.device, t_start: float,
-                   main: bool = True) -> tuple[TrainState, JsonlLog]:
+def start_training(folder: RunFolder, model: torch.nn.Module, device: torch.device, t_start: float, *, lr: float,
+                   weight_decay: float, amp: bool, main: bool = True) -> tuple[TrainState, JsonlLog]:
     """The training state (model, AdamW, GradScaler for AMP on CUDA) resumed from the folder's checkpoint
     if it has one, and the run's log trimmed to that step."""
-    scaler = torch.amp.GradScaler("cuda", enabled=args.amp and device.type == "cuda")
-    state = TrainState(model, make_optimizer(model, args), scaler, t_start=t_start)
+    scaler = torch.amp.GradScaler("cuda", enabled=amp and device.type == "cuda")
+    state = TrainState(model, make_optimizer(model, lr, weight_decay), scaler, t_start=t_start)
     return state, resume(folder, state, log_enabled=main)
 
 
-def loop_settings(args, total: int, per_epoch: int, images_per_step: int, **kw) -> LoopSettings:
-    """The loop's settings from the runtime and optimizer options (``engine.runtime_parser``,
-    ``engine.optimizer_parser``); ``kw`` sets the rest (checkpoint each epoch, TensorBoard prefix, ...)."""
-    return LoopSettings(total=total, per_epoch=per_epoch, lr=args.lr, warmup=max(1, round(args.warmup_fraction * total)),
+def loop_settings(args, total: int, per_epoch: int, images_per_step: int, lr: float, warmup_fraction: float,
+                  **kw) -> LoopSettings:
+    """The loop's settings: the runtime options of ``args`` (``engine.runtime_parser``), the peak learning rate
+    and the share of ``total`` steps in warm-up; ``kw`` sets the rest (checkpoint each epoch, TensorBoard prefix)."""
+    return LoopSettings(total=total, per_epoch=per_epoch, lr=lr, warmup=max(1, round(warmup_fraction * total)),
                         images_per_step=images_per_step, amp=args.amp, log_every=args.log_every,
                         ckpt_every=args.ckpt_every, stop_at_step=args.stop_at_step, progress_every=args.progress_every,
                         sleep_per_step=args.sleep_per_step, **kw)

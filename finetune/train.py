@@ -48,8 +48,7 @@ METRICS = "metrics.json"
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser("python -m finetune", description=__doc__, add_help=add_help,
-                                parents=[engine.runtime_parser(log_every=20, ckpt_every=200, workers=0),
-                                         engine.optimizer_parser(lr=3e-3, weight_decay=1e-4)],
+                                parents=[engine.runtime_parser(log_every=20, ckpt_every=200, workers=0)],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--arch", required=True, choices=sorted(models.ARCHS))
     p.add_argument("--encoder", default=None,
@@ -67,6 +66,9 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     g = p.add_argument_group("optimisation")
     g.add_argument("--steps", type=int, default=1000, help="optimisation steps")
     g.add_argument("--batch-size", type=int, default=32, help="slices per step")
+    g.add_argument("--lr", type=float, default=3e-3, help="peak AdamW learning rate")
+    g.add_argument("--weight-decay", type=float, default=1e-4)
+    g.add_argument("--warmup-fraction", type=float, default=0.05, help="fraction of the steps in linear warm-up, then cosine")
     g.add_argument("--freeze-encoder-steps", type=int, default=0,
                    help="keep the encoder frozen (weights and BatchNorm statistics) for the first N steps")
     g.add_argument("--loss", choices=LOSSES, default="ce_dice")
@@ -147,8 +149,11 @@ def check_args(args) -> None:
         raise engine.ConfigError(f"--size must be positive, got {args.size}")
     if args.class_weights is not None and not all(math.isfinite(w) and w >= 0 for w in args.class_weights):
         raise engine.ConfigError(f"--class-weights must be finite numbers >= 0, got {args.class_weights}")
-    if not (math.isfinite(args.focal_gamma) and args.focal_gamma >= 0):
-        raise engine.ConfigError(f"--focal-gamma must be a finite number >= 0, got {args.focal_gamma}")
+    engine.check_finite("--focal-gamma", args.focal_gamma, 0)
+    engine.check_finite("--lr", args.lr, 0, inclusive=False)
+    engine.check_finite("--weight-decay", args.weight_decay, 0)
+    if not 0 <= args.warmup_fraction < 1:
+        raise engine.ConfigError(f"--warmup-fraction must be in [0, 1), got {args.warmup_fraction}")
     for name in ("steps", "freeze_encoder_steps", "max_test_cases", "val_cases", "watch_cases", "num_classes"):
         if getattr(args, name) < 0:
             raise engine.ConfigError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(args, name)}")
@@ -338,7 +343,8 @@ def train(args, folder: engine.RunFolder, cases: data.Selection, class_names: di
              if dataset.num_larger else ""), flush=True)
     model = engine.prepare_model(model, device)
     loss_fn.to(device)
-    state, log = engine.start_training(folder, model, args, device, t_start)
+    state, log = engine.start_training(folder, model, device, t_start, lr=args.lr, weight_decay=args.weight_decay,
+                                       amp=args.amp)
     if state.step == 0:
         folder.write_config(args=vars(args), provenance=provenance, init=init_info, num_classes=num_classes,
                             train_cases=[c.case_id for c in train_cases], val_cases=[c.case_id for c in val_cases],
@@ -350,8 +356,8 @@ def train(args, folder: engine.RunFolder, cases: data.Selection, class_names: di
                               "train_cases": [c.case_id for c in train_cases], "watch_cases": [c.case_id for c in watch]})
     trainer = SegmentationTrainer(model, loss_fn, dataset, sampler, args, writer, val_loaded, num_classes, device,
                                   watch_loaded)
-    settings = engine.loop_settings(args, total, sampler.batches_per_epoch, args.batch_size, tb_prefix="train/",
-                                    desc=f"finetune {args.arch}")
+    settings = engine.loop_settings(args, total, sampler.batches_per_epoch, args.batch_size, args.lr, args.warmup_fraction,
+                                    tb_prefix="train/", desc=f"finetune {args.arch}")
     with engine.deterministic_on_cpu(device), writer:
         stopped = engine.fit(folder, state, trainer, device, settings, log, writer)
         if stopped:

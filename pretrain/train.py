@@ -38,8 +38,7 @@ SUMMARY = "summary.json"
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser("python -m pretrain", description=__doc__, add_help=add_help,
-                                parents=[engine.runtime_parser(log_every=10, ckpt_every=0, workers=-1),
-                                         engine.optimizer_parser(lr=2e-3, weight_decay=0.05)],
+                                parents=[engine.runtime_parser(log_every=10, ckpt_every=0, workers=-1)],
                                 epilog="pretext tasks:\n" + describe_tasks(),
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--task", required=True, choices=sorted(TASKS), help="pretext task (listed below)")
@@ -49,6 +48,9 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=int, default=10)
     p.add_argument("--steps", type=int, default=0, help="total optimisation steps (overrides --epochs when > 0)")
     p.add_argument("--batch-size", type=int, default=32, help="slices per process and step")
+    p.add_argument("--lr", type=float, default=2e-3, help="peak AdamW learning rate")
+    p.add_argument("--weight-decay", type=float, default=0.05)
+    p.add_argument("--warmup-fraction", type=float, default=0.05, help="fraction of the steps spent in linear warm-up")
     p.add_argument("--seed", type=int, default=0, help="weights, slice order and every view's random draws")
     p.add_argument("--size", type=int, nargs=2, default=[48, 64], help="slice size H W after pad/crop")
     p.add_argument("--axis", type=int, default=2, help="slice axis of the volumes")
@@ -96,6 +98,10 @@ def check_args(args) -> None:
         raise engine.ConfigError(f"--batch-size must be >= 1, got {args.batch_size}")
     if args.steps == 0 and args.epochs == 0:
         raise engine.ConfigError("--epochs and --steps are both 0: nothing to train")
+    engine.check_finite("--lr", args.lr, 0, inclusive=False)
+    engine.check_finite("--weight-decay", args.weight_decay, 0)
+    if not 0 <= args.warmup_fraction < 1:
+        raise engine.ConfigError(f"--warmup-fraction must be in [0, 1), got {args.warmup_fraction}")
     if args.axis not in (0, 1, 2):
         raise engine.ConfigError(f"--axis must be 0, 1 or 2, got {args.axis}")
     if min(args.size) < 1:
@@ -190,7 +196,8 @@ def train(args, folder: engine.RunFolder, device: torch.device, rank: int, world
     total = args.steps if args.steps > 0 else args.epochs * per_epoch
 
     model = engine.prepare_model(task.model, device)
-    state, log = engine.start_training(folder, model, args, device, t_start, main=main_proc)
+    state, log = engine.start_training(folder, model, device, t_start, lr=args.lr, weight_decay=args.weight_decay,
+                                       amp=args.amp, main=main_proc)
     probe = probe_sets_of(args) if main_proc else None
     if state.step == 0 and main_proc:
         folder.write_config(args=vars(args), provenance=provenance, slices=len(dataset), world_size=world,
@@ -203,8 +210,9 @@ def train(args, folder: engine.RunFolder, device: torch.device, rank: int, world
         engine.write_run_text(writer, "pretrain", vars(args), provenance, {"identity": folder.identity, "steps_total": total})
         if (folder.config() or {}).get("knn_accuracy_start") is not None:
             writer.add_scalar("encoder/knn_accuracy", folder.config()["knn_accuracy_start"], 0)
-    settings = engine.loop_settings(args, total, per_epoch, args.batch_size * world, checkpoint_each_epoch=True,
-                                    log_epoch_start=True, tb_prefix="pretrain/", desc=f"pretrain {args.task}")
+    settings = engine.loop_settings(args, total, per_epoch, args.batch_size * world, args.lr, args.warmup_fraction,
+                                    checkpoint_each_epoch=True, log_epoch_start=True, tb_prefix="pretrain/",
+                                    desc=f"pretrain {args.task}")
     trainer = PretextTrainer(task, net, dataset, sampler, args, device, writer)
     try:
         stopped = engine.fit(folder, state, trainer, device, settings, log, writer, main=main_proc)
