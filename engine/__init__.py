@@ -5,8 +5,8 @@ DDP, per-sample randomness, the set-up around the loop (optimizer, scaler, state
 """
 from .args import as_flags, check_finite, check_runtime_args, runtime_parser
 from .board import command_line, write_hparams, write_layout, write_run_text
-from .device import (agree, barrier, capture_rng, cleanup_distributed, default_workers, deterministic_on_cpu,
-                     device_type, distributed, resolve_device, restore_rng, seed_everything,
+from .device import (agree, capture_rng, check_device_name, cleanup_distributed, default_workers, deterministic_on_cpu,
+                     device_type, distributed, on_main, resolve_device, restore_rng, seed_everything,
                      setup_distributed, to_device, world_size)
 from .errors import ConfigError, RunBusy, RunMismatch
 from .folder import CHECKPOINT, CONFIG, LOG, FolderLock, RunFolder, load_weights, lock_holder, read_json
@@ -20,10 +20,10 @@ from .setup import loop_settings, main, make_loader, make_optimizer, prepare_mod
 __all__ = [
     "CHECKPOINT", "CONFIG", "ConfigError", "FolderLock", "JsonlLog", "LOG", "LoopSettings", "NOT_IDENTITY",
     "Progress", "ResumableSampler", "RunBusy", "RunFolder", "RunMismatch", "StopSignal", "TrainState", "Trainer",
-    "agree", "as_flags", "autocast", "barrier", "capture_rng", "check_finite", "check_runtime_args", "cleanup_distributed",
+    "agree", "as_flags", "autocast", "capture_rng", "check_device_name", "check_finite", "check_runtime_args", "cleanup_distributed",
     "command_line", "default_workers", "deterministic_on_cpu", "device_type", "distributed", "file_digest", "fit",
     "git_info", "identity_diff", "load_weights", "lock_holder", "loop_settings", "lr_at", "machine_info", "main",
-    "make_loader", "make_optimizer", "on_terminal", "optimizer_step", "prepare_model",
+    "make_loader", "make_optimizer", "on_main", "on_terminal", "optimizer_step", "prepare_model",
     "print_header", "provenance", "read_json", "resolve_device", "restore_rng", "resume", "run_identity",
     "runtime_parser", "seed_everything", "setup_distributed", "start_training", "stop_reason",
     "tensorboard_writer", "to_device", "world_size", "write_hparams", "write_layout", "write_run_text",

@@ -23,6 +23,17 @@ from .errors import ConfigError
 _CONTROL_GROUP = None  # a gloo group for small CPU messages (stop flags, RNG states) beside NCCL
 
 
+def check_device_name(name: str) -> None:
+    """ConfigError unless ``name`` is a device this project runs on (cpu, cuda, cuda:N, auto), whether or not this
+    machine has it (a job submitted from here runs elsewhere)."""
+    try:
+        ok = name == "auto" or torch.device(name).type in ("cpu", "cuda")
+    except RuntimeError:
+        ok = False
+    if not ok:
+        raise ConfigError(f"--device {name!r}: expected cpu, cuda, cuda:N or auto")
+
+
 def device_type(name: str) -> str:
     """The device type a ``--device`` value resolves to on this machine: ``cpu`` or ``cuda`` (``auto``: cuda when
     available). Part of a run's identity: cuda:0 and cuda:1 give the same numbers, a CPU and a GPU do not."""
@@ -91,9 +102,21 @@ def agree(code: int) -> int:
     return int(t.item())
 
 
-def barrier() -> None:
-    if distributed():
-        dist.barrier(group=_CONTROL_GROUP)
+def on_main(fn):
+    """Run ``fn()`` on the main process (rank 0) and tell every process whether it failed: a collective, to be
+    called on every process, so no process is left waiting for one that stopped. Rank 0 re-raises its own error;
+    the others raise ConfigError saying that process 0 stopped. Returns ``fn()``'s result (None elsewhere)."""
+    error, result = None, None
+    if rank() == 0:
+        try:
+            result = fn()
+        except BaseException as e:  # noqa: BLE001  (re-raised below, after the others know)
+            error = e
+    if agree(1 if error is not None else 0):
+        if error is not None:
+            raise error
+        raise ConfigError("process 0 stopped (its error says why); this process stops with it")
+    return result
 
 
 def gather_objects(obj) -> list:

@@ -27,6 +27,7 @@ import torch
 from atomicio import atomic_path, write_json
 
 from .errors import ConfigError, RunBusy, RunMismatch
+from .device import device_type
 from .identity import identity_diff
 
 CONFIG = "config.json"
@@ -96,11 +97,11 @@ class FolderLock:
     def release(self, failed: bool = False) -> None:
         if self._file is None:
             return
+        if failed and self._created and {p.name for p in self.path.iterdir()} <= {LOCK}:
+            (self.path / LOCK).unlink(missing_ok=True)  # still locked: nobody can take the folder meanwhile
+            self.path.rmdir()
         self._file.close()  # closing the file drops the flock
         self._file = None
-        if failed and self._created and {p.name for p in self.path.iterdir()} <= {LOCK}:
-            (self.path / LOCK).unlink(missing_ok=True)
-            self.path.rmdir()
 
     @property
     def held(self) -> bool:
@@ -128,7 +129,10 @@ class RunFolder:
         old = self.config()
         if old is None:
             return
-        diff = identity_diff(old.get("identity", {}), self.identity)
+        old_identity = dict(old.get("identity", {}))
+        if old_identity.get("device") == "auto":  # written before the device entered as its type
+            old_identity["device"] = device_type("auto")
+        diff = identity_diff(old_identity, self.identity)
         if diff:
             raise RunMismatch(f"{self.path} holds a run with other settings ({'; '.join(diff)}); "
                               "use another --out or remove the folder")
@@ -214,5 +218,5 @@ def load_weights(path: str | os.PathLike, what: str = "file"):
             detail = f"not a torch file of tensors and plain values ({lines[0] if lines else 'unpickling failed'})"
         else:
             detail = f"{type(e).__name__}: {text.strip().splitlines()[0]}" if text.strip() else type(e).__name__
-        raise ConfigError(f"{path}: cannot read this {what}: {detail}; it was not written by this project "
-                          "(or is damaged): remove it or use another folder") from None
+        raise ConfigError(f"{path}: cannot read this {what}: {detail}; it was not written by this project (or by "
+                          "a version before checkpoints held tensors only, or is damaged): remove it or use another folder") from None

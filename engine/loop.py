@@ -27,32 +27,33 @@ from typing import Iterable
 
 import torch
 
-from .device import agree, barrier, capture_rng, gather_objects, rank, restore_rng, to_device
+from .device import agree, capture_rng, gather_objects, on_main, rank, restore_rng, to_device
 from .folder import RunFolder
 from .log import JsonlLog, Progress
 from .sampler import lr_at
 
-STOP_AT_STEP = 1000  # the code of --stop-at-step among the signal numbers of StopSignal.received
+# Why a run stops, as codes the processes of a run agree on (the largest wins): SLURM's time-limit warning
+# (USR2) first, so a job that must requeue is never told a lesser reason.
+STOP_AT_STEP = 1
+STOP_CODES = {signal.SIGINT: 2, signal.SIGUSR1: 3, signal.SIGTERM: 4, signal.SIGUSR2: 5}
 
 
 class StopSignal:
     """Turns SIGTERM / SIGUSR1 / SIGUSR2 / SIGINT (pre-emption, SLURM's time-limit warning, Ctrl-C)
-    into a flag the loop checks between steps. ``received`` is the signal number (or
-    :data:`STOP_AT_STEP`); ``close`` gives the signals back to whoever handled them before."""
-
-    SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2, signal.SIGINT)
+    into a flag the loop checks between steps. ``received`` is the largest code of :data:`STOP_CODES`
+    received (or :data:`STOP_AT_STEP`); ``close`` gives the signals back to whoever handled them before."""
 
     def __init__(self):
         self.received: int = 0
         self.previous = {}
-        for sig in self.SIGNALS:
+        for sig in STOP_CODES:
             try:
                 self.previous[sig] = signal.signal(sig, self._handle)
             except ValueError:  # not the main thread (e.g. submitit's debug executor)
                 pass
 
     def _handle(self, signum, frame):
-        self.received = max(self.received, int(signum))
+        self.received = max(self.received, STOP_CODES[signal.Signals(signum)])
 
     def close(self) -> None:
         for sig, handler in self.previous.items():
@@ -63,9 +64,15 @@ class StopSignal:
         return self.received != 0
 
 
+def stop_signal(code: int) -> signal.Signals | None:
+    """The signal of a :class:`StopSignal` code (None for --stop-at-step)."""
+    return next((sig for sig, c in STOP_CODES.items() if c == code), None)
+
+
 def stop_reason(code: int) -> str:
     """``SIGTERM``, ``SIGUSR2``, ... or ``stop-at-step`` for a :class:`StopSignal` code."""
-    return "stop-at-step" if code == STOP_AT_STEP else signal.Signals(code).name
+    sig = stop_signal(code)
+    return sig.name if sig is not None else "stop-at-step"
 
 
 def autocast(device: torch.device, enabled: bool):
@@ -181,10 +188,9 @@ def fit(run: RunFolder, state: TrainState, trainer: Trainer, device: torch.devic
     def save(why: str) -> None:
         saved[0] = state.step
         ckpt = state.state_dict()  # every process: the RNG states are gathered
-        if main:
-            run.save_checkpoint(ckpt)
-            if why.startswith("stop") or not progress.tty:  # a line per checkpoint in log files, not on a terminal
-                progress.write(f"checkpoint at step {state.step}/{s.total} ({why}) -> {run.path / 'checkpoint.pt'}")
+        on_main(lambda: run.save_checkpoint(ckpt))  # every process waits for the file (and learns if it failed)
+        if why.startswith("stop") or not progress.tty:  # a line per checkpoint in log files, not on a terminal
+            progress.write(f"checkpoint at step {state.step}/{s.total} ({why}) -> {run.path / 'checkpoint.pt'}")
 
     if state.step and main:
         progress.write(f"resuming from {run.path / 'checkpoint.pt'} at step {state.step}/{s.total}")
@@ -210,8 +216,8 @@ def fit(run: RunFolder, state: TrainState, trainer: Trainer, device: torch.devic
                       or bool(evaluated))
             if logged:
                 row = trainer.log_row(step, out)
-                if not math.isfinite(row["loss"]):
-                    raise FloatingPointError(f"loss is {row['loss']} at step {step}; lower the learning rate")
+                if agree(0 if math.isfinite(row["loss"]) else 1):  # every process stops, not only the one that saw it
+                    raise FloatingPointError(f"loss is not finite at step {step} (here {row['loss']}); lower the learning rate")
                 rate = n_rate / max(1e-9, time.perf_counter() - t_rate)
                 t_rate, n_rate = time.perf_counter(), 0
                 seen = step * s.images_per_step
@@ -233,13 +239,15 @@ def fit(run: RunFolder, state: TrainState, trainer: Trainer, device: torch.devic
             if (s.ckpt_every and step % s.ckpt_every == 0) or (s.checkpoint_each_epoch and step % s.per_epoch == 0):
                 save("periodic" if s.ckpt_every and step % s.ckpt_every == 0 else "epoch end")
         if halted:
-            save(f"stop: {stop_reason(halted)}")
-            barrier()  # no process leaves before the checkpoint is on disk
+            save(f"stop: {stop_reason(halted)}")  # no process leaves before the checkpoint is on disk
         elif saved[0] != state.step:  # the end (or a run of 0 steps)
             save("end")
     finally:
         progress.close()
         stop.close()
+        late = stop_signal(stop.received) if stop.received > halted else None
+        if late is not None:  # came after the last step (during the final save): its previous handler gets it now
+            signal.raise_signal(late)
     if halted and main:
         print(f"stopped ({stop_reason(halted)}) at step {state.step}/{s.total}; checkpoint saved, run again to resume",
               flush=True)

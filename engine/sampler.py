@@ -22,7 +22,7 @@ class ResumableSampler(torch.utils.data.Sampler):
         self.per_rank = n // world
         self.batches_per_epoch = self.per_rank // batch_size
         if self.batches_per_epoch < 1:
-            raise ValueError(f"{n} samples over {world} process(es) give no full batch of {batch_size}; lower --batch-size")
+            raise ValueError(f"{n} samples over {world} process(es) give no full batch of {batch_size}: use a smaller batch")
         self.start, self.total = 0, self.batches_per_epoch
 
     def set_range(self, start: int, total: int) -> "ResumableSampler":

@@ -7,7 +7,6 @@ identity, running when another process holds the folder's lock.
 from __future__ import annotations
 
 import contextlib
-import copy
 import io
 import time
 from pathlib import Path
@@ -15,7 +14,7 @@ from pathlib import Path
 import engine
 import finetune
 import pretrain
-from slurm import TRAINERS
+from slurm import TRAINERS, check_run_args
 
 from .grid import Run
 
@@ -38,12 +37,8 @@ def check_runs(runs: list[Run]) -> None:
     that cannot run is refused in one line naming the run. The device is checked elsewhere (``--executor slurm``
     runs on other machines), and an encoder file a pretraining run of the grid will write need not exist yet."""
     for run in runs:
-        args = copy.copy(parse(run))
-        args.device = "cpu"
-        if run.kind == "finetune" and run.needs:
-            args.init = "random"
         try:
-            TRAINERS[run.kind].check_args(args)
+            check_run_args(run.kind, parse(run), pending_init=bool(run.needs))
         except (ValueError, OSError) as e:
             raise engine.ConfigError(f"run {run.key}: {e}") from None
 

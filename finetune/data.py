@@ -110,10 +110,11 @@ def _labelled(cases: Selection) -> list:
 
 
 def infer_num_classes(class_names: dict | None, cases: Selection) -> int:
-    """Number of classes: from ``dataset.json`` labels, else the largest label value of the run's cases + 1 (at least 2)."""
+    """Number of classes: from ``dataset.json`` labels, else the largest label value of the training cases + 1
+    (at least 2)."""
     if class_names:
         return max(2, max(int(k) for k in class_names) + 1)
-    return max(2, max(max(scans.label_values(c.label), default=0) for c in _labelled(cases)) + 1)
+    return max(2, max(max(scans.label_values(c.label), default=0) for c in cases.train) + 1)
 
 
 def check_labels(cases: Selection, num_classes: int, class_names: dict | None) -> None:
@@ -125,8 +126,9 @@ def check_labels(cases: Selection, num_classes: int, class_names: dict | None) -
     for c in _labelled(cases):
         bad = sorted(scans.label_values(c.label) - allowed)
         if bad:
+            hint = "" if class_names else " (the largest training label + 1; give --num-classes for more)"
             raise scans.ScanError(c.label, f"label values {bad[:5]} are not classes of this run: expected "
-                                           f"{sorted(allowed)}{names}")
+                                           f"{sorted(allowed)}{names or hint}")
 
 
 def resample_case(c: scans.LoadedCase, axis: int, target) -> scans.LoadedCase:

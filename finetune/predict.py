@@ -96,7 +96,7 @@ class Predictor:
 MANIFEST = "predict.json"  # in --out: which run and test-time options made the predictions there
 
 
-def check_out(out, inputs: list[Path], source, run_dir) -> None:
+def check_out(out, inputs: list[Path], source, run_dir, probabilities: bool = False) -> None:
     """Refuse (ConfigError, one line) an ``--out`` that could write over an input, a dataset's files or the run,
     and inputs whose segmentations would get the same name."""
     out, source, run = Path(out).resolve(), Path(source).resolve(), Path(run_dir).resolve()
@@ -118,10 +118,11 @@ def check_out(out, inputs: list[Path], source, run_dir) -> None:
     names: dict[str, Path] = {}
     for p in inputs:
         name = p.name if p.is_dir() else scans.discover.case_id_from_name(p.name)
-        if name in names:
-            raise scans.ScanError(p, f"would give the same output name as {names[name]} ({name}.*): rename one of them "
-                                     "or predict them into separate folders")
-        names[name] = p
+        for n in (name, f"{name}_probabilities") if probabilities else (name,):
+            if n in names:
+                raise scans.ScanError(p, f"would give the same output name as {names[n]} ({n}.*): rename one of them "
+                                         "or predict them into separate folders")
+            names[n] = p
 
 
 def claim_out(out, manifest: dict) -> tuple[engine.FolderLock, bool]:
@@ -132,15 +133,16 @@ def claim_out(out, manifest: dict) -> tuple[engine.FolderLock, bool]:
     try:
         path = Path(out) / MANIFEST
         old = engine.read_json(path)
-        if old is not None and old != manifest:
-            diff = ", ".join(f"{k} {old.get(k)} -> {v}" for k, v in manifest.items() if old.get(k) != v)
+        differs = [k for k in manifest if k != "run" and old is not None and old.get(k) != manifest[k]]  # the run may move
+        if differs:
+            diff = ", ".join(f"{k} {old.get(k)} -> {manifest[k]}" for k in differs)
             raise engine.ConfigError(f"--out {out} holds predictions of another model or with other options ({diff}); "
                                      "use another --out")
         others = sorted(p.name for p in Path(out).iterdir() if p.name not in (".lock", MANIFEST))
         if old is None and others:
             raise engine.ConfigError(f"--out {out} is not empty and holds no predictions of finetune.predict "
                                      f"(e.g. {others[0]}); use a new or empty folder")
-        write_json(path, manifest)
+        write_json(path, {**(old or {}), **manifest})
     except BaseException:
         lock.release(failed=True)
         raise
@@ -151,7 +153,7 @@ def predict(args) -> list[Path]:
     """Segment every input scan; returns the written label files."""
     inputs = find_inputs(args.input)
     predictor = Predictor(args.run, args.device, args.tta, args.amp)
-    check_out(args.out, inputs, args.input, args.run)
+    check_out(args.out, inputs, args.input, args.run, args.probabilities)
     manifest = {"run": str(Path(args.run).resolve()), "model_sha256": engine.file_digest(predictor.spec["path"]),
                 "tta": bool(predictor.tta), "amp": bool(predictor.amp)}
     names = predictor.spec["class_names"] or {}

@@ -90,7 +90,8 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
                    help="resample the slices' two axes (in volume axis order) to this spacing before training and "
                         "prediction; predictions go back to each scan's own grid before scoring and saving")
     g.add_argument("--axis", type=int, default=2, help="slice axis of the volumes")
-    g.add_argument("--num-classes", type=int, default=0, help="0: from dataset.json, else max training label + 1")
+    g.add_argument("--num-classes", type=int, default=0,
+                   help="0: from dataset.json, else the largest training label + 1 (any other label is refused)")
     g.add_argument("--val-cases", type=int, default=0,
                    help="hold whole subjects with at least N of the fraction's cases out for validation Dice "
                         "(only when it has >= 5 cases; they come out of the fraction's training cases)")
@@ -167,6 +168,13 @@ def check_args(args) -> None:
         raise engine.ConfigError(f"--spacing must be > 0 mm, got {args.spacing}")
     if args.imagenet_weights and args.init != "imagenet":
         raise engine.ConfigError(f"--imagenet-weights is only used with --init imagenet (got --init {args.init})")
+    if args.init in ("random", "imagenet") and not args.encoder:
+        raise engine.ConfigError(f"--encoder is required with --init {args.init}")
+    if args.init == "imagenet":
+        if not args.imagenet_weights:
+            raise engine.ConfigError("--init imagenet needs --imagenet-weights FILE, a local timm weights file for "
+                                     f"{args.encoder!r} (nothing is downloaded)")
+        models.check_imagenet_weights(args.encoder, args.imagenet_weights)
     if args.init not in ("random", "imagenet"):
         if not Path(args.init).is_file():
             raise FileNotFoundError(f"--init {args.init}: no such encoder checkpoint (expected random, imagenet or PATH/encoder.pt)")

@@ -1,6 +1,6 @@
 """Encoder registry (timm + classic U-Net encoder), U-Net, TransUNet, pretext heads, encoder checkpoints."""
 from .checkpoint import encoder_from_checkpoint, load_checkpoint_meta, load_encoder, save_encoder
-from .encoders import ENCODERS, Encoder, TimmEncoder, UNetEncoder, create_encoder, list_encoders
+from .encoders import ENCODERS, Encoder, TimmEncoder, UNetEncoder, check_imagenet_weights, create_encoder, list_encoders
 from .heads import (JigsawHead, RotationHead, SimCLRProjectionHead, jigsaw_permutations, pooled_features,
                     simclr_projection_head)
 from .layers import count_parameters
@@ -10,7 +10,7 @@ from .unet import UNet
 
 __all__ = [
     "ARCHS", "ENCODERS", "Encoder", "JigsawHead", "PRESETS", "RotationHead", "SimCLRProjectionHead",
-    "TimmEncoder", "TransUNet", "UNet", "UNetEncoder", "count_parameters", "create_encoder",
+    "TimmEncoder", "TransUNet", "UNet", "UNetEncoder", "check_imagenet_weights", "count_parameters", "create_encoder",
     "create_segmenter", "encoder_from_checkpoint", "jigsaw_permutations", "list_encoders",
     "load_checkpoint_meta", "load_encoder", "pooled_features", "save_encoder", "simclr_projection_head",
 ]

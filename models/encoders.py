@@ -6,7 +6,7 @@ what it returns: `.channels[i]` and `.reductions[i]` (stride vs the input) of fe
 `create_encoder(enc.name, **enc.config)` rebuilds the same architecture (see checkpoint.py).
 """
 import os
-from functools import partial
+from functools import lru_cache, partial
 
 import timm
 import torch
@@ -101,7 +101,18 @@ def check_timm_weights_file(model_name, path):
     classifier = reference.pretrained_cfg.get("classifier") or ()
     classifier = (classifier,) if isinstance(classifier, str) else tuple(classifier)
     expected = set(reference.state_dict())
-    have = set(timm.models.load_state_dict(os.fspath(path)))
+    try:  # tensors only: a file that would run code is refused here, before timm reads it
+        state = torch.load(os.fspath(path), map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001  (pickle and zip errors of every kind)
+        raise ValueError(f"weights file {path}: cannot read it as a state_dict of tensors "
+                         f"({type(e).__name__}); expected torch.save(timm.create_model({model_name!r}).state_dict(), FILE)") from None
+    for key in ("state_dict_ema", "model_ema", "state_dict", "model"):  # the wrappings timm unwraps
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            state = state[key]
+            break
+    if not isinstance(state, dict):
+        raise ValueError(f"weights file {path} holds a {type(state).__name__}, not a state_dict")
+    have = set(state)
     missing = sorted(k for k in expected - have
                      if not k.endswith("num_batches_tracked") and k.rsplit(".", 1)[0] not in classifier)
     unexpected = sorted(have - expected)
@@ -125,6 +136,22 @@ ENCODERS = {
 def list_encoders():
     """The registered encoder names (any timm model with features_only works as well)."""
     return list(ENCODERS)
+
+
+def check_imagenet_weights(name, path):
+    """Raise (ValueError / FileNotFoundError, naming the file) unless `path` is a weights file for the timm
+    encoder `name` (``create_encoder(name, pretrained_file=path)`` would load it); U-Net encoders have none."""
+    factory = ENCODERS.get(name)
+    timm_name = name[len("timm:"):] if name.startswith("timm:") else name
+    if factory is not None and factory.func is not TimmEncoder:
+        raise ValueError(f"encoder {name!r} has no ImageNet weights (--init imagenet is for timm encoders)")
+    _check_weights_once(factory.args[0] if factory is not None else timm_name, os.fspath(path),
+                        os.stat(path).st_mtime_ns if os.path.isfile(path) else 0)
+
+
+@lru_cache(maxsize=16)
+def _check_weights_once(model_name, path, mtime):
+    check_timm_weights_file(model_name, path)
 
 
 def create_encoder(name, in_chans=1, pretrained_file=None, **kwargs):

@@ -167,8 +167,7 @@ def run(args) -> dict:
             print(f"{folder.path} already holds this finished {args.task} run ({done['step']} steps); nothing to do",
                   flush=True)
         return done
-    if main_proc:
-        folder.claim()
+    engine.on_main(folder.claim)  # every process stops if the main one cannot take the folder
     failed = True
     try:
         result = train(args, folder, device, rank, world, t_start)
@@ -198,11 +197,14 @@ def train(args, folder: engine.RunFolder, device: torch.device, rank: int, world
     model = engine.prepare_model(task.model, device)
     state, log = engine.start_training(folder, model, device, t_start, lr=args.lr, weight_decay=args.weight_decay,
                                        amp=args.amp, main=main_proc)
-    probe = probe_sets_of(args) if main_proc else None
-    if state.step == 0 and main_proc:
-        folder.write_config(args=vars(args), provenance=provenance, slices=len(dataset), world_size=world,
-                            cases=[c.case_id for c in loaded], steps_total=total, steps_per_epoch=per_epoch,
-                            knn_accuracy_start=probe and knn_accuracy(encoder, *probe, device))
+    def start_on_main():  # the probe's slices, and config.json at the first step
+        probe = probe_sets_of(args)
+        if state.step == 0:
+            folder.write_config(args=vars(args), provenance=provenance, slices=len(dataset), world_size=world,
+                                cases=[c.case_id for c in loaded], steps_total=total, steps_per_epoch=per_epoch,
+                                knn_accuracy_start=probe and knn_accuracy(encoder, *probe, device))
+        return probe
+    probe = engine.on_main(start_on_main)
     net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None) \
         if world > 1 else model
     writer = engine.tensorboard_writer(folder.path, purge_step=state.step) if main_proc else None

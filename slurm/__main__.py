@@ -17,10 +17,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-import engine
-import scans
-
-from .jobs import TRAINERS
+from .jobs import TRAINERS, check_run_args
 from .submit import submit_run
 
 
@@ -56,10 +53,10 @@ def main(argv=None) -> int:
     try:
         trainer = TRAINERS[args.kind]
         run_args = trainer_argv(argv, args.kind)
-        trainer.check_args(trainer.get_args_parser().parse_args(run_args))  # checked before anything is submitted
+        check_run_args(args.kind, trainer.get_args_parser().parse_args(run_args))  # checked before anything is submitted
         name = getattr(args, "task", None) or getattr(args, "arch", "run")
         job = submit_run(args.kind, run_args, args.profile, args.out, name)
-    except (scans.ScanError, ValueError, FileNotFoundError) as e:
+    except (ValueError, OSError) as e:  # ValueError: ConfigError, scans.ScanError
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(f"submitted {args.kind} job {job['job_id']}; logs: {job['stdout']}")

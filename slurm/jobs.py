@@ -16,6 +16,7 @@ handles the signal at once: nothing since the last checkpoint is lost then eithe
 """
 from __future__ import annotations
 
+import copy
 import os
 import signal
 
@@ -27,6 +28,18 @@ import finetune
 import pretrain
 
 TRAINERS = {"pretrain": pretrain, "finetune": finetune}
+
+
+def check_run_args(kind: str, args, pending_init: bool = False) -> None:
+    """A run's options as its trainer checks them, for a run that happens on another machine: its device need
+    only be one this project runs on (the node it lands on has it or refuses it), and with ``pending_init`` the
+    encoder file an earlier job of a grid will write need not exist yet."""
+    engine.check_device_name(args.device)
+    args = copy.copy(args)
+    args.device = "cpu"
+    if pending_init:
+        args.init = "random"
+    TRAINERS[kind].check_args(args)
 
 
 class RunInterrupted(RuntimeError):

@@ -205,7 +205,7 @@ def test_fit_interrupted_and_resumed_equals_uninterrupted(tmp_path):
 
 
 def test_fit_stops_on_a_nan_loss(tmp_path):
-    with pytest.raises(FloatingPointError, match="loss is nan at step 6"):
+    with pytest.raises(FloatingPointError, match=r"loss is not finite at step 6 \(here nan\)"):
         _fit(tmp_path / "n", nan_at=6)
 
 
@@ -323,3 +323,29 @@ def test_a_device_the_machine_lacks_is_refused():
         with pytest.raises(engine.ConfigError, match="no CUDA device"):
             engine.resolve_device("cuda")
     assert engine.resolve_device("cpu").type == "cpu" and engine.device_type("cuda:1") == "cuda"
+
+
+def test_a_signal_during_the_final_save_reaches_the_handler_there_before(tmp_path, monkeypatch):
+    """The run ends (all steps done) and the signal, too late to stop a step, is handed to whoever handled it
+    before the loop (submitit's requeue on SLURM); the stronger of two reasons wins (USR2 over TERM)."""
+    seen = []
+    previous = signal.signal(signal.SIGUSR1, lambda sig, frame: seen.append(sig))
+    try:
+        save = engine.RunFolder.save_checkpoint
+
+        def save_then_signal(self, state):
+            save(self, state)
+            if state["step"] == 23:
+                os.kill(os.getpid(), signal.SIGUSR1)
+        monkeypatch.setattr(engine.RunFolder, "save_checkpoint", save_then_signal)
+        done, state, _, _ = _fit(tmp_path / "run")
+        assert done and state.step == 23 and seen == [signal.SIGUSR1]
+    finally:
+        signal.signal(signal.SIGUSR1, previous)
+    stop = engine.StopSignal()
+    try:
+        os.kill(os.getpid(), signal.SIGUSR2)
+        os.kill(os.getpid(), signal.SIGTERM)
+        assert engine.stop_reason(stop.received) == "SIGUSR2"
+    finally:
+        stop.close()

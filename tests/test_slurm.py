@@ -200,3 +200,15 @@ def test_the_ddp_export_replaces_what_the_site_set():
     r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
     assert r.stdout.splitlines()[-1] == "localhost 1 2" and "MASTER_ADDR elsewhere -> localhost" in r.stdout
+
+
+def test_a_run_for_another_machine_is_checked_without_its_device_here():
+    """`slurm submit ... --device cuda` from a login node without a GPU: the node the job lands on has it."""
+    import finetune
+    from slurm import check_run_args
+    args = finetune.get_args_parser().parse_args(["--arch", "unet", "--encoder", "unet_tiny", "--fraction", "1.0",
+                                                  "--split", "s.json", "--out", "o", "--device", "cuda:3"])
+    check_run_args("finetune", args)  # no CUDA needed here
+    args.device = "tpu"
+    with pytest.raises(ValueError, match="expected cpu, cuda, cuda:N or auto"):
+        check_run_args("finetune", args)
