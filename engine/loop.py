@@ -202,7 +202,7 @@ def fit(run: RunFolder, state: TrainState, trainer: Trainer, device: torch.devic
             epoch = step // s.per_epoch
             lr = lr_at(step, s.total, s.lr, s.warmup)
             for group in optimizer.param_groups:
-                group["lr"] = lr
+                group["lr"] = lr * group.get("lr_scale", 1.0)
             trainer.before_step(step)
             batch = to_device(batch, device, s.channels_last)
             with autocast(device, s.amp):

@@ -21,17 +21,20 @@ def prepare_model(model: torch.nn.Module, device: torch.device) -> torch.nn.Modu
     return model.to(device).to(memory_format=torch.channels_last)
 
 
-def make_optimizer(model: torch.nn.Module, lr: float, weight_decay: float) -> torch.optim.Optimizer:
-    """AdamW over the model's parameters (foreach: a 1.5x faster optimizer step on CPU too)."""
-    return torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay, foreach=True)
+def make_optimizer(params, lr: float, weight_decay: float) -> torch.optim.Optimizer:
+    """AdamW (foreach: a 1.5x faster optimizer step on CPU too) over parameters or parameter groups; a group's
+    ``lr_scale`` multiplies the schedule's learning rate for it at every step."""
+    return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, foreach=True)
 
 
 def start_training(folder: RunFolder, model: torch.nn.Module, device: torch.device, t_start: float, *, lr: float,
-                   weight_decay: float, amp: bool, main: bool = True) -> tuple[TrainState, JsonlLog]:
-    """The training state (model, AdamW, GradScaler for AMP on CUDA) resumed from the folder's checkpoint
-    if it has one, and the run's log trimmed to that step."""
+                   weight_decay: float, amp: bool, main: bool = True,
+                   param_groups: list[dict] | None = None) -> tuple[TrainState, JsonlLog]:
+    """The training state (model, AdamW over ``param_groups`` or all of the model's parameters, GradScaler for
+    AMP on CUDA) resumed from the folder's checkpoint if it has one, and the run's log trimmed to that step."""
     scaler = torch.amp.GradScaler("cuda", enabled=amp and device.type == "cuda")
-    state = TrainState(model, make_optimizer(model, lr, weight_decay), scaler, t_start=t_start)
+    state = TrainState(model, make_optimizer(param_groups or model.parameters(), lr, weight_decay), scaler,
+                       t_start=t_start)
     return state, resume(folder, state, log_enabled=main)
 
 

@@ -43,8 +43,11 @@ DEFAULTS = {
     "cpus_per_job": 2,            # threads per job; jobs at once = cores // cpus_per_job
     "timeout_min": None,          # minutes per job: local jobs are killed after it (default 120); on SLURM the
                                   #   time limit of every training job (default: the profile's time_min)
-    "pretrain": {"epochs": 3, "batch_size": 32, "args": {}, "task_args": {}},
-    "finetune": {"steps": 800, "batch_size": 32, "args": {}, "arch_args": {}},
+    "pretrain": {"epochs": 3, "batch_size": 32, "args": {}, "task_args": {},
+                 "seeds": [0],             # pretraining seeds: one pretraining run each, the replicates spread over them
+                 "budgets": [1]},          # multiples of the epochs: one pretraining run per budget (and seed)
+    "finetune": {"steps": 800, "batch_size": 32, "args": {}, "arch_args": {},
+                 "init_args": {}},         # {arch: {init: options}}: an init's own fine-tuning recipe
     "embeddings": {"slices": 256},
 }
 
@@ -99,9 +102,25 @@ def load_config(path: str | Path) -> dict:
             if k not in own and k not in general:
                 raise ConfigError(f"{p}: pretrain.task_args.{t} has unknown option {k!r}; {t} takes {own} "
                                   "and the general pretraining options")
+    for t in cfg["tasks"]:
+        if pretrain.TASKS[t].per_arch and "arch" in cfg["pretrain"]["task_args"].get(t, {}):
+            raise ConfigError(f"{p}: pretrain.task_args.{t} sets 'arch'; {t} is pretrained for each of archs {cfg['archs']}")
     for i in cfg["inits"]:
         if i not in BASE_INITS and i not in cfg["tasks"]:
             raise ConfigError(f"{p}: init {i!r} is neither {BASE_INITS} nor one of the pretext tasks {cfg['tasks']}")
+    for arch, per_init in cfg["finetune"]["init_args"].items():
+        if arch not in cfg["archs"] or not isinstance(per_init, dict):
+            raise ConfigError(f"{p}: finetune.init_args is {{arch: {{init: options}}}} for archs {cfg['archs']}, "
+                              f"got {arch!r}")
+        for init, options in per_init.items():
+            if init not in cfg["inits"]:
+                raise ConfigError(f"{p}: finetune.init_args.{arch} has {init!r}, which is not one of the inits {cfg['inits']}")
+            _check_options(p, f"finetune.init_args.{arch}.{init}", options, ft_parser)
+    for key, least in (("seeds", 0), ("budgets", 1)):
+        values = cfg["pretrain"][key]
+        if not values or not all(isinstance(v, int) and not isinstance(v, bool) and v >= least for v in values) \
+                or len(set(values)) != len(values):
+            raise ConfigError(f"{p}: pretrain.{key} must be distinct integers >= {least}, got {values!r}")
     if "imagenet" in cfg["inits"]:
         if not cfg["imagenet_weights"]:
             print(f"{p}: no imagenet_weights file given, so the 'imagenet' init is left out")
@@ -156,7 +175,9 @@ def check_normalization(cfg: dict, p: Path) -> None:
     intensities would not transfer as it should), so the per-run option blocks may not set them."""
     blocks = {"pretrain.args": cfg["pretrain"]["args"], "finetune.args": cfg["finetune"]["args"],
               **{f"pretrain.task_args.{t}": o for t, o in cfg["pretrain"]["task_args"].items()},
-              **{f"finetune.arch_args.{a}": o for a, o in cfg["finetune"]["arch_args"].items()}}
+              **{f"finetune.arch_args.{a}": o for a, o in cfg["finetune"]["arch_args"].items()},
+              **{f"finetune.init_args.{a}.{i}": o for a, per in cfg["finetune"]["init_args"].items()
+                 if isinstance(per, dict) for i, o in per.items()}}
     for where, options in blocks.items():
         for k in ("norm", "window"):
             if k in options:

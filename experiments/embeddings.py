@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import shutil
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import torch
@@ -14,11 +15,12 @@ import models
 import scans
 
 from .config import BASE_INITS
-from .grid import pretrain_out
+from .grid import init_file
 
 
 def encoders_of(cfg: dict) -> dict:
-    """init name -> encoder with that init's weights (random: seeded fresh encoder)."""
+    """init name -> encoder with that init's weights (random: seeded fresh encoder; a pretrained init: its first
+    pretraining seed's encoder, of the first architecture for a whole-network task)."""
     out = {}
     for init in cfg["inits"]:
         if init == "random":
@@ -27,11 +29,10 @@ def encoders_of(cfg: dict) -> dict:
         elif init == "imagenet":
             out[init] = models.create_encoder(cfg["encoder"], in_chans=1, pretrained_file=cfg["imagenet_weights"])
         elif init not in BASE_INITS:
-            path = Path(pretrain_out(cfg, init)) / "encoder.pt"
+            first = init_file(cfg, init, cfg["archs"][0], cfg["pretrain"]["budgets"][0], cfg["pretrain"]["seeds"][0])[0]
+            path = Path(first).with_name("encoder.pt")
             if path.is_file():
-                enc = models.create_encoder(cfg["encoder"], in_chans=1)
-                models.load_encoder(enc, path)
-                out[init] = enc
+                out[init] = models.encoder_from_checkpoint(path)[0]
     return out
 
 
@@ -39,7 +40,8 @@ def test_slices(cfg: dict, n: int):
     """``n`` evenly spaced test slices (1, 48, 64) with "case:slice" names and foreground flags."""
     splits = scans.load_splits(Path(cfg["runs_dir"]) / "splits.json")
     test = set(splits["test"])
-    loaded = scans.load_cases([c for c in scans.find_cases(cfg["data"]) if c.case_id in test])
+    norm = scans.normalization_of(SimpleNamespace(norm=cfg["norm"], window=cfg["window"]))  # as the runs normalised
+    loaded = scans.load_cases([c for c in scans.find_cases(cfg["data"]) if c.case_id in test], norm)
     stack = scans.SliceStack(loaded, with_labels=True)
     pick = np.linspace(0, len(stack) - 1, min(n, len(stack))).round().astype(int)
     names = [f"{stack.case_ids[stack.case_index[i]]}:{i}" for i in pick]

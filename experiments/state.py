@@ -14,11 +14,9 @@ from pathlib import Path
 import engine
 import finetune
 import pretrain
-from slurm import TRAINERS, check_run_args
+from slurm import RESULT, TRAINERS, check_run_args
 
 from .grid import Run
-
-RESULT = {"pretrain": pretrain.SUMMARY, "finetune": finetune.METRICS}
 
 
 def parse(run: Run):

@@ -4,10 +4,10 @@ from __future__ import annotations
 from pathlib import Path
 
 from engine import lock_holder, read_json
-from slurm import job_states, read_jobs
+from slurm import RESULT, job_states, read_jobs
 
 from .grid import finetune_runs, pretrain_runs
-from .state import RESULT, run_state
+from .state import run_state
 
 
 def run_states(cfg: dict) -> list[tuple[str, str, str]]:

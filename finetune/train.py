@@ -71,6 +71,9 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     g.add_argument("--warmup-fraction", type=float, default=0.05, help="fraction of the steps in linear warm-up, then cosine")
     g.add_argument("--freeze-encoder-steps", type=int, default=0,
                    help="keep the encoder frozen (weights and BatchNorm statistics) for the first N steps")
+    g.add_argument("--encoder-lr-scale", type=float, default=1.0,
+                   help="the encoder's learning rate relative to the rest of the network (gentle fine-tuning of "
+                        "transferred weights: e.g. 0.1)")
     g.add_argument("--loss", choices=LOSSES, default="ce_dice")
     g.add_argument("--class-weights", type=float, nargs="+", default=None, metavar="W",
                    help="one weight per class (background first) for the CE / focal term")
@@ -152,6 +155,7 @@ def check_args(args) -> None:
         raise engine.ConfigError(f"--class-weights must be finite numbers >= 0, got {args.class_weights}")
     engine.check_finite("--focal-gamma", args.focal_gamma, 0)
     engine.check_finite("--lr", args.lr, 0, inclusive=False)
+    engine.check_finite("--encoder-lr-scale", args.encoder_lr_scale, 0)
     engine.check_finite("--weight-decay", args.weight_decay, 0)
     if not 0 <= args.warmup_fraction < 1:
         raise engine.ConfigError(f"--warmup-fraction must be in [0, 1), got {args.warmup_fraction}")
@@ -176,32 +180,24 @@ def check_args(args) -> None:
                                      f"{args.encoder!r} (nothing is downloaded)")
         models.check_imagenet_weights(args.encoder, args.imagenet_weights)
     if args.init not in ("random", "imagenet"):
-        if not Path(args.init).is_file():
-            raise FileNotFoundError(f"--init {args.init}: no such encoder checkpoint (expected random, imagenet or PATH/encoder.pt)")
-        models.load_checkpoint_meta(args.init)  # a clear error for a training checkpoint or any other file, before anything is written
+        check_init_file(args)
 
 
 def build_model(args, num_classes: int):
-    """The segmenter with its initial encoder weights, and a dict saying where they came from."""
+    """The segmenter with its initial weights, and a dict saying where they came from (``transferred``: the names
+    of the tensors a network file gave)."""
     kw = {"img_size": tuple(args.size)} if args.arch == "transunet" else {}
-    if args.init in ("random", "imagenet"):
-        if not args.encoder:
-            raise engine.ConfigError(f"--encoder is required with --init {args.init}")
-        if args.init == "random":
-            return (models.create_segmenter(args.arch, args.encoder, num_classes, **kw),
-                    {"init": "random", "encoder": args.encoder, "encoder_kwargs": {}})
-        if not args.imagenet_weights:
-            raise engine.ConfigError("--init imagenet needs --imagenet-weights FILE, a local timm weights file for "
-                             f"{args.encoder!r} (nothing is downloaded)")
+    if args.init == "random":
+        return (models.create_segmenter(args.arch, args.encoder, num_classes, **kw),
+                {"init": "random", "encoder": args.encoder, "encoder_kwargs": {}})
+    if args.init == "imagenet":
         model = models.create_segmenter(args.arch, args.encoder, num_classes, pretrained_file=args.imagenet_weights, **kw)
         print(f"init: ImageNet weights for {args.encoder} from {args.imagenet_weights}", flush=True)
         return model, {"init": "imagenet", "encoder": args.encoder, "encoder_kwargs": {}, "path": str(args.imagenet_weights)}
     path = Path(args.init)
-    if not path.is_file():
-        raise FileNotFoundError(f"--init {args.init}: no such encoder checkpoint (expected random, imagenet or PATH/encoder.pt)")
+    if models.checkpoint_format(path) == models.NETWORK_FORMAT:
+        return network_init(args, path, num_classes, kw)
     meta = models.load_checkpoint_meta(path)
-    if args.encoder and args.encoder != meta["name"]:
-        raise engine.ConfigError(f"--encoder {args.encoder} does not match encoder {meta['name']!r} of checkpoint {path}")
     drop = {"in_chans"} | ({"max_reduction"} if args.arch == "transunet" else set())
     enc_kwargs = {k: v for k, v in meta["config"].items() if k not in drop}
     model = models.create_segmenter(args.arch, meta["name"], num_classes, encoder_kwargs=enc_kwargs, **kw)
@@ -209,14 +205,61 @@ def build_model(args, num_classes: int):
     pretext = info["meta"].get("pretext", "?")
     print(f"init: loaded {info['loaded']} encoder tensors of {info['name']} (pretext {pretext}) from {path}"
           + (f"; {len(info['skipped'])} deeper tensors not used by {args.arch}" if info["skipped"] else ""), flush=True)
-    pre = info["meta"].get("config") or {}
-    pre_norm = (pre.get("norm", "percentile"), [float(v) for v in pre.get("window") or []])
+    note_normalisation(args, info["meta"].get("config") or {})
+    return model, {"init": "checkpoint", "encoder": meta["name"], "encoder_kwargs": enc_kwargs, "path": str(path),
+                   "pretext": pretext, "loaded": info["loaded"], "skipped": len(info["skipped"]),
+                   "commit": info["meta"].get("commit")}
+
+
+def network_init(args, path: Path, num_classes: int, kw: dict):
+    """The segmenter a network file describes, every tensor but the output layer loaded from it exactly."""
+    meta = models.load_network_meta(path)
+    enc_kwargs = {k: v for k, v in meta["encoder_config"].items() if k != "in_chans"}
+    model = models.create_segmenter(args.arch, meta["encoder"], num_classes, encoder_kwargs=enc_kwargs, **kw)
+    transferred = models.load_network(model, path)
+    pretext = meta["meta"].get("pretext", "?")
+    print(f"init: loaded {len(transferred)} of {len(model.state_dict())} tensors of the {args.arch} (pretext {pretext}) "
+          f"from {path}; the output layer is new", flush=True)
+    note_normalisation(args, meta["meta"].get("config") or {})
+    return model, {"init": "network", "encoder": meta["encoder"], "encoder_kwargs": enc_kwargs, "path": str(path),
+                   "pretext": pretext, "loaded": len(transferred), "transferred": transferred,
+                   "commit": meta["meta"].get("commit")}
+
+
+def note_normalisation(args, pretrain_config: dict) -> None:
+    """Say so when the pretraining run normalised its scans otherwise than this run does."""
+    pre_norm = (pretrain_config.get("norm", "percentile"), [float(v) for v in pretrain_config.get("window") or []])
     if pre_norm != (args.norm, [float(v) for v in args.window or []]):
         window = lambda w: f" --window {w[0]:g} {w[1]:g}" if w else ""  # noqa: E731
         print(f"note: the encoder was pretrained with --norm {pre_norm[0]}{window(pre_norm[1])}, this run normalises "
               f"with --norm {args.norm}{window(args.window)}: its features may not transfer as they should", flush=True)
-    return model, {"init": "checkpoint", "encoder": meta["name"], "encoder_kwargs": enc_kwargs, "path": str(path), "pretext": pretext,
-                   "loaded": info["loaded"], "skipped": len(info["skipped"]), "commit": info["meta"].get("commit")}
+
+
+def check_init_file(args) -> None:
+    """``--init PATH``: an encoder.pt, or a network.pt of this architecture (and encoder, when one is named);
+    refused in one line before anything is written."""
+    if not Path(args.init).is_file():
+        raise FileNotFoundError(f"--init {args.init}: no such file (expected random, imagenet, PATH/encoder.pt "
+                                "or PATH/network.pt)")
+    if models.checkpoint_format(args.init) == models.NETWORK_FORMAT:
+        meta = models.load_network_meta(args.init)
+        if meta["arch"] != args.arch:
+            raise engine.ConfigError(f"--init {args.init} holds a {meta['arch']} network; --arch is {args.arch} "
+                                     f"(use the network.pt of a --arch {args.arch} pretraining, or its encoder.pt)")
+        name = meta["encoder"]
+    else:
+        name = models.load_checkpoint_meta(args.init)["name"]  # a clear error for a training checkpoint or other file
+    if args.encoder and args.encoder != name:
+        raise engine.ConfigError(f"--encoder {args.encoder} does not match encoder {name!r} of {args.init}")
+
+
+def param_groups(model, encoder_lr_scale: float) -> list[dict] | None:
+    """The encoder's parameters at ``encoder_lr_scale`` times the learning rate, the rest at it (None: one group)."""
+    if encoder_lr_scale == 1:
+        return None
+    enc = {id(p) for p in model.encoder.parameters()}
+    return [{"params": list(model.encoder.parameters()), "lr_scale": encoder_lr_scale},
+            {"params": [p for p in model.parameters() if id(p) not in enc], "lr_scale": 1.0}]
 
 
 def set_encoder_frozen(model, frozen: bool) -> None:
@@ -233,9 +276,10 @@ def class_name(class_names: dict | None, k: str) -> str:
 
 def tensorboard_hparams(args, init_info: dict) -> dict:
     """Short, readable settings for the HPARAMS tab: init is random, imagenet or the pretext task."""
-    init = init_info["init"] if init_info["init"] != "checkpoint" else init_info.get("pretext", "checkpoint")
+    pretrained = init_info["init"] in ("checkpoint", "network")
+    init = init_info.get("pretext", init_info["init"]) if pretrained else init_info["init"]
     return {"arch": args.arch, "encoder": init_info["encoder"], "init": init,
-            "init_file": Path(args.init).parent.name if init_info["init"] == "checkpoint" else None,
+            "init_file": Path(args.init).parent.name if pretrained else None,
             "label_fraction": f"{args.fraction * 100:g}%", "label_seed": args.label_seed, "seed": args.seed,
             "steps": args.steps, "batch_size": args.batch_size, "lr": args.lr}
 
@@ -352,9 +396,10 @@ def train(args, folder: engine.RunFolder, cases: data.Selection, class_names: di
     model = engine.prepare_model(model, device)
     loss_fn.to(device)
     state, log = engine.start_training(folder, model, device, t_start, lr=args.lr, weight_decay=args.weight_decay,
-                                       amp=args.amp)
+                                       amp=args.amp, param_groups=param_groups(model, args.encoder_lr_scale))
     if state.step == 0:
         folder.write_config(args=vars(args), provenance=provenance, init=init_info, num_classes=num_classes,
+                            transferred=init_info.get("transferred"),
                             train_cases=[c.case_id for c in train_cases], val_cases=[c.case_id for c in val_cases],
                             test_cases=[c.case_id for c in test_cases])
 

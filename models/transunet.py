@@ -51,6 +51,7 @@ class TransUNet(nn.Module):
     """
 
     arch = "transunet"
+    output_layer = "head"  # the layer whose shape depends on the task (not in a network file)
 
     def __init__(self, encoder, num_classes, img_size=None, size=None, hidden=None, depth=None,
                  heads=None, mlp_dim=None, head_channels=None, decoder_channels=None, n_skip=3,

@@ -45,6 +45,7 @@ class UNet(nn.Module):
     """
 
     arch = "unet"
+    output_layer = "head"  # the layer whose shape depends on the task (not in a network file)
 
     def __init__(self, encoder, num_classes, up="transpose", decoder_channels=None):
         super().__init__()

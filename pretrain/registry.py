@@ -11,11 +11,17 @@ The protocol a task follows (see :class:`PretextTask`):
   (top, left, h, w), rng) -> sample``, collated by the DataLoader into a batch; ``rng`` is the
   sample's own ``numpy`` generator (``scans.sample_rng``), the only source of its random draws;
   ``self.model``: an ``nn.Module`` holding ``encoder`` as ``.encoder``, whose
-  ``forward(batch)`` returns ``{"loss": scalar, "accuracy": scalar}``;
+  ``forward(batch)`` returns ``{"loss": scalar, "accuracy": scalar}`` (the pretext score; ``metric``
+  says what it measures when it is not an accuracy);
   ``self.chance``: the accuracy of guessing;
 - ``preview(batch)``: up to 18 images (N, 1, h, w) in [0, 1] of what the model sees, made from the
   batch alone (it draws no random number: the training's streams stay as they are);
-- ``encoder_meta()``: what ``encoder.pt`` must carry beside the weights (e.g. the permutations).
+- ``encoder_meta()``: what ``encoder.pt`` must carry beside the weights (e.g. the permutations);
+- a task that trains a whole segmenter sets ``per_arch = True`` (one pretraining run per
+  architecture: its network moves into that architecture only), may ask for encoder options
+  (``encoder_kwargs(args)``, e.g. a stride-16 encoder for a TransUNet), and returns
+  ``(segmenter, its constructor options)`` from ``network()``, which the trainer writes to
+  ``network.pt`` (every weight but the output layer).
 
 Adding a task: write ``pretrain/tasks/NAME.py`` with a ``@register``-ed subclass, and its test.
 The CLI choices and options, the experiment config checks and the docs come from :data:`TASKS`.
@@ -35,6 +41,8 @@ class PretextTask:
     name: str = ""
     paper: str = ""
     summary: str = ""
+    per_arch: bool = False
+    metric: str = "accuracy"  # what the logged "accuracy" (the pretext score) measures, in words
     views = None
     model: nn.Module
     chance: float
@@ -43,11 +51,20 @@ class PretextTask:
     def add_args(group) -> None:
         """Add the task's own options to an argparse group."""
 
+    @staticmethod
+    def encoder_kwargs(args) -> dict:
+        """Options for ``models.create_encoder`` beyond the name (none by default)."""
+        return {}
+
     def preview(self, batch):
         return self.model.preview(batch)
 
     def encoder_meta(self) -> dict:
         return {}
+
+    def network(self):
+        """``(segmenter, its constructor options)`` for ``network.pt``, or None (the encoder alone transfers)."""
+        return None
 
 
 def register(cls: type[PretextTask]) -> type[PretextTask]:

@@ -8,7 +8,7 @@
     python -m slurm submit pretrain --profile slurm/profiles/example-gpu.yaml --task simclr ...
 
 Writes RUN_DIR/{config.json, log.jsonl, checkpoint.pt, summary.json, encoder.pt} and TensorBoard
-events. Running the same command again resumes from RUN_DIR/checkpoint.pt (written every
+events; a task that trains a whole segmenter (restore) also writes RUN_DIR/network.pt. Running the same command again resumes from RUN_DIR/checkpoint.pt (written every
 epoch, every --ckpt-every steps and on SIGTERM/SIGUSR1/SIGUSR2/SIGINT, which every process of a
 DDP run agrees on) and ends at the same step count with the same encoder, or, once the run is
 finished, does nothing. Any other result-affecting argument in the same RUN_DIR (the number of
@@ -34,6 +34,7 @@ from .probe import knn_accuracy, probe_sets, write_embedding
 from .registry import TASKS, describe_tasks, task_options
 
 SUMMARY = "summary.json"
+NETWORK = "network.pt"
 
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
@@ -187,7 +188,7 @@ def train(args, folder: engine.RunFolder, device: torch.device, rank: int, world
 
     loaded = scans.load_cases(training_cases(args), scans.normalization_of(args), with_label=False,
                               progress=main_proc and engine.on_terminal())
-    encoder = models.create_encoder(args.encoder, in_chans=1)
+    encoder = models.create_encoder(args.encoder, in_chans=1, **TASKS[args.task].encoder_kwargs(args))
     task = TASKS[args.task](args, encoder)
     dataset = scans.UnlabelledSlices(loaded, size=tuple(args.size), axis=args.axis, transform=task.views, seed=args.seed)
     sampler = engine.ResumableSampler(len(dataset), args.batch_size, args.seed, rank, world)
@@ -222,7 +223,7 @@ def train(args, folder: engine.RunFolder, device: torch.device, rank: int, world
             return {"status": "interrupted", "step": state.step, "steps_total": total, "signal": stopped}
         summary = {"status": "done", "task": args.task, "encoder": args.encoder, "step": state.step,
                    "steps_total": total, "final_accuracy": final_accuracy(log.rows(), total - per_epoch),
-                   "chance": task.chance, "slices": len(dataset), "cases": len(loaded), "world_size": world,
+                   "chance": task.chance, "metric": task.metric, "slices": len(dataset), "cases": len(loaded), "world_size": world,
                    "wall_time_s": round(state.elapsed(), 1)}
         if main_proc:
             write_outputs(args, folder, task, encoder, [c.case_id for c in loaded], summary, probe, device,
@@ -251,6 +252,9 @@ def write_outputs(args, folder, task, encoder, case_ids, summary, probe, device,
             "config": vars(args), "commit": provenance.get("commit"), "dirty": provenance.get("dirty"),
             "steps": summary["step"], "final_accuracy": summary["final_accuracy"], **task.encoder_meta()}
     models.save_encoder(folder.path / "encoder.pt", encoder, **meta)
+    network = task.network()
+    if network is not None:  # a whole segmenter learned the task: all of it but its output layer transfers
+        models.save_network(folder.path / NETWORK, network[0], network[1], **meta)
     if writer is not None:
         if summary["knn_accuracy"] is not None:
             writer.add_scalar("encoder/knn_accuracy", summary["knn_accuracy"], summary["step"])
@@ -262,7 +266,7 @@ def write_outputs(args, folder, task, encoder, case_ids, summary, probe, device,
     folder.write_result(summary)
     knn = (f"; k-NN probe {summary['knn_accuracy_start']:.3f} -> {summary['knn_accuracy']:.3f}"
            if summary["knn_accuracy"] is not None and summary["knn_accuracy_start"] is not None else "")
-    print(f"done: {args.task} accuracy {summary['final_accuracy'] or 0:.3f} over the last epoch "
+    print(f"done: {args.task} {task.metric} {summary['final_accuracy'] or 0:.3f} over the last epoch "
           f"(chance {task.chance:.3f}){knn} -> {folder.path / 'encoder.pt'}", flush=True)
 
 

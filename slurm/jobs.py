@@ -27,7 +27,8 @@ import engine
 import finetune
 import pretrain
 
-TRAINERS = {"pretrain": pretrain, "finetune": finetune}
+TRAINERS = {"pretrain": pretrain, "finetune": finetune}  # the one map of the trainers ...
+RESULT = {"pretrain": pretrain.SUMMARY, "finetune": finetune.METRICS}  # ... and the file that marks a run finished
 
 
 def check_run_args(kind: str, args, pending_init: bool = False) -> None:

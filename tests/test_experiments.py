@@ -46,7 +46,7 @@ def test_config_checks_keys_and_drops_imagenet_without_weights(tmp_path, small_m
     with pytest.raises(ConfigError, match="finetune.args has unknown option 'lrr'"):
         load_config(bad)
     bad = write_config(tmp_path, small_msd, tasks=["simclr", "colourise"])
-    with pytest.raises(ConfigError, match=r"unknown pretext task 'colourise'; expected one of \['jigsaw', 'rotation', 'simclr'\]"):
+    with pytest.raises(ConfigError, match=r"unknown pretext task 'colourise'; expected one of \['jigsaw', 'restore', 'rotation', 'simclr'\]"):
         load_config(bad)
     assert experiments_main(["reproduce", "--config", str(tmp_path / "missing.yaml")]) == 2
 
@@ -70,19 +70,50 @@ def test_normalization_is_one_setting_of_the_whole_grid(tmp_path, small_msd):
 def test_grid_runs_replicates_and_dependencies(tmp_path, small_msd):
     cfg = load_config(write_config(tmp_path, small_msd, label_seeds={0.5: [0, 1], 1.0: [0]}, train_seeds=[0, 1]))
     pre, ft = pretrain_runs(cfg), finetune_runs(cfg)
-    assert [r.key for r in pre] == ["pretrain/simclr"] and "/runs/pretrain/simclr_unet_tiny_" in pre[0].out
+    assert [r.key for r in pre] == ["pretrain/simclr/P0"] and "/runs/pretrain/simclr/unet_tiny_s0_" in pre[0].out
     assert len(ft) == 2 * 2 * (4 + 2)  # archs x inits x (2 label seeds x 2 training seeds at 50%, 1 x 2 at 100%)
     ssl = [r for r in ft if r.cell["init"] == "simclr"]
-    assert all(r.needs == ("pretrain/simclr",) and r.argv[r.argv.index("--init") + 1] == f"{pre[0].out}/encoder.pt"
+    assert all(r.needs == ("pretrain/simclr/P0",) and r.argv[r.argv.index("--init") + 1] == f"{pre[0].out}/encoder.pt"
                for r in ssl)
-    assert {r.out.split("runs/tiny/")[1] for r in ft} >= {"unet/random/frac0.5/L1_S0", "transunet/simclr/frac1/L0_S1"}
+    assert {r.out.split("runs/tiny/")[1] for r in ft} >= {"unet/random/frac0.5/L1_S0", "transunet/simclr/frac1/L0_S1_P0"}
     # a replicate's runs differ only in the init: paired
     a = next(r for r in ft if r.key == "unet/random/frac0.5/L1_S1").argv
-    b = next(r for r in ft if r.key == "unet/simclr/frac0.5/L1_S1").argv
+    b = next(r for r in ft if r.key == "unet/simclr/frac0.5/L1_S1_P0").argv
     assert [x for x in a if x not in b] == ["random", a[a.index("--out") + 1]]
     assert a[a.index("--label-seed") + 1] == "1" and a[a.index("--seed") + 1] == "1"
     other = load_config(write_config(tmp_path, small_msd, name="other", label_seeds=[3]))
     assert pretrain_runs(other)[0].out == pre[0].out  # same data, split and pretraining: one shared encoder
+
+
+def test_pretraining_seeds_budgets_whole_network_tasks_and_init_recipes(tmp_path, small_msd):
+    """Three pretraining seeds: each task pretrained three times, a replicate fine-tunes the encoder of seed
+    label_seed % 3 (so label seeds nest in pretraining runs); budgets multiply the epochs; restore is pretrained
+    once per architecture and fine-tuned from its network.pt; an init's own recipe reaches its runs only."""
+    cfg = load_config(write_config(
+        tmp_path, small_msd, tasks=["simclr", "restore"], inits=["random", "simclr", "restore"], fractions=[0.5],
+        label_seeds=[0, 1, 2, 3], pretrain={"epochs": 2, "batch_size": 8, "seeds": [0, 1, 2], "budgets": [1, 4]},
+        finetune={"steps": 2, "batch_size": 8, "init_args": {"unet": {"restore": {"encoder_lr_scale": 0.1}}}}))
+    pre = {r.key: r for r in pretrain_runs(cfg)}
+    assert len(pre) == (1 + 2) * 2 * 3  # (simclr + restore per arch) x budgets x seeds
+    assert "pretrain/restore-transunet@4x/P2" in pre and len({r.out for r in pre.values()}) == len(pre)
+    r = pre["pretrain/simclr@4x/P1"].argv
+    assert r[r.index("--epochs") + 1] == "8" and r[r.index("--seed") + 1] == "1" and "--arch" not in r
+    assert pre["pretrain/restore-unet/P0"].argv[-2:] != ("--arch", "unet") and "--arch" in pre["pretrain/restore-unet/P0"].argv
+    ft = {r.key: r for r in finetune_runs(cfg)}
+    run = ft["transunet/restore@4x/frac0.5/L3_S0_P0"]  # label seed 3 -> pretraining seed 3 % 3 = 0
+    assert run.needs == ("pretrain/restore-transunet@4x/P0",)
+    assert run.argv[run.argv.index("--init") + 1] == pre["pretrain/restore-transunet@4x/P0"].out + "/network.pt"
+    assert ft["unet/simclr/frac0.5/L2_S0_P2"].needs == ("pretrain/simclr/P2",)
+    assert "--encoder-lr-scale" in ft["unet/restore/frac0.5/L0_S0_P0"].argv
+    assert "--encoder-lr-scale" not in ft["transunet/restore/frac0.5/L0_S0_P0"].argv
+    assert "--encoder-lr-scale" not in ft["unet/simclr/frac0.5/L0_S0_P0"].argv
+    for bad, says in ((dict(pretrain={"seeds": [0, 0]}), "pretrain.seeds must be distinct integers"),
+                      (dict(pretrain={"budgets": [0]}), "pretrain.budgets must be distinct integers >= 1"),
+                      (dict(tasks=["restore"], inits=["random"], pretrain={"task_args": {"restore": {"arch": "unet"}}}),
+                       "restore is pretrained for each of archs"),
+                      (dict(finetune={"init_args": {"unet": {"rotation": {}}}}), "not one of the inits")):
+        with pytest.raises(ConfigError, match=says):
+            load_config(write_config(tmp_path, small_msd, **bad))
 
 
 def test_tiny_reproduction_end_to_end_and_idempotent(tmp_path, small_msd, capsys):
@@ -93,7 +124,7 @@ def test_tiny_reproduction_end_to_end_and_idempotent(tmp_path, small_msd, capsys
         assert (res / name).stat().st_size > 0, name
     rows = list(csv.DictReader(open(res / "table.csv")))
     assert list(rows[0]) == ["arch", "init", "fraction", "n", "mean_dice", "sd", "delta_vs_random", "ci95_low",
-                             "ci95_high", "collapsed", "n_paired"]
+                             "ci95_high", "collapsed", "n_paired", "pretrain_seeds"]
     assert len(rows) == 2 * 2 * 2 and all(0 <= float(r["mean_dice"]) <= 1 for r in rows)
     assert {r["init"] for r in rows} == {"random", "simclr"} and {r["arch"] for r in rows} == {"unet", "transunet"}
     half = {(r["arch"], r["init"]): r for r in rows if r["fraction"] == "0.5"}
@@ -120,7 +151,7 @@ def test_tiny_reproduction_end_to_end_and_idempotent(tmp_path, small_msd, capsys
         assert r["commit"] and r["wall_time_s"] > 0 and r["train_cases"] and not set(r["train_cases"]) & set(split["test"])
     runs = tmp_path / "runs" / "tiny"
     assert list((runs / "unet" / "random" / "frac0.5" / "L1_S0").glob("events.out.tfevents*"))
-    assert list((tmp_path / "runs" / "pretrain").glob("simclr_unet_tiny_*/events.out.tfevents*"))
+    assert list((tmp_path / "runs" / "pretrain" / "simclr").glob("unet_tiny_s0_*/events.out.tfevents*"))
     assert (runs / "embeddings" / "projector_config.pbtxt").is_file()
     before = (res / "table.csv").read_bytes()
     capsys.readouterr()
@@ -161,9 +192,9 @@ def test_tiny_reproduction_end_to_end_and_idempotent(tmp_path, small_msd, capsys
                                      "task_args": {"simclr": {"temperature": 0.5}}})
     capsys.readouterr()
     _, todo, _ = plan(load_config(changed))
-    assert sorted(r.key for r in todo) == ["pretrain/simclr"] + sorted(
+    assert sorted(r.key for r in todo) == ["pretrain/simclr/P0"] + sorted(
         f"{a}/simclr/{f}/{rep}" for a in ("transunet", "unet") for f, rep in
-        (("frac0.5", "L0_S0"), ("frac0.5", "L1_S0"), ("frac1", "L0_S0")))
+        (("frac0.5", "L0_S0_P0"), ("frac0.5", "L1_S0_P0"), ("frac1", "L0_S0_P0")))
     assert capsys.readouterr().out.count("holds a run with other settings; moved to") == 6
 
 
@@ -192,7 +223,7 @@ def test_a_grid_that_asks_for_a_missing_gpu_stops_before_starting_anything(tmp_p
     (dict(cpus_per_job=0), "cpus_per_job must be an integer >= 1, got 0"),
     (dict(timeout_min=0), "timeout_min must be an integer >= 1"),
     (dict(finetune={"args": {"lr": -1.0}}), "run unet/random/frac0.5/L0_S0: --lr must be a finite number > 0, got -1.0"),
-    (dict(pretrain={"args": {"size": [0, 64]}}), "run pretrain/simclr: --size must be positive"),
+    (dict(pretrain={"args": {"size": [0, 64]}}), "run pretrain/simclr/P0: --size must be positive"),
 ])
 def test_config_values_that_cannot_run_stop_it_before_anything_is_written(tmp_path, small_msd, capsys, over, says):
     cfg = write_config(tmp_path, small_msd, **over)

@@ -673,3 +673,40 @@ def test_predict_repeats_the_evaluation_tta_included(tiny, tmp_path):
     assert json.loads((tmp_path / "p" / "predict.json").read_text())["tta"] is True
     assert predict.main(["--run", str(out), "--input", str(image), "--out", str(tmp_path / "q"), "--no-tta"]) == 0
     assert json.loads((tmp_path / "q" / "predict.json").read_text())["tta"] is False
+
+
+def test_a_network_file_moves_every_tensor_but_the_output_layer_exactly(tiny, tmp_path, capsys):
+    """network.pt of a U-Net restore pretraining -> fine-tuning a U-Net: every tensor but the output layer is the
+    file's, bit for bit, and config.json lists them; a U-Net file into a TransUNet is refused, nothing created."""
+    data, split = tiny
+    seg = models.create_segmenter("unet", "unet_tiny", 1)
+    with torch.no_grad():
+        for p in seg.parameters():
+            p.normal_()
+    path = models.save_network(tmp_path / "network.pt", seg, {}, pretext="restore")
+    out = tmp_path / "run"
+    m = run(args_of(*argv(data, split, out, "--init", str(path), "--steps", "0")))
+    cfg = json.loads((out / "config.json").read_text())
+    state = torch.load(out / "checkpoint.pt", weights_only=True)["model"]
+    saved = torch.load(path, weights_only=True)["state_dict"]
+    assert sorted(cfg["transferred"]) == sorted(saved) and len(saved) == len(state) - 2  # all but head.weight, head.bias
+    assert all(torch.equal(state[k], v) for k, v in saved.items())
+    assert state["head.weight"].shape[0] == 3 and m["init"]["init"] == "network" and m["init"]["pretext"] == "restore"
+    capsys.readouterr()
+    assert main(argv(data, split, tmp_path / "bad", "--arch", "transunet", "--init", str(path))) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "holds a unet network; --arch is transunet" in err and not (tmp_path / "bad").exists()
+
+
+def test_encoder_lr_scale_slows_the_encoder_only(tiny, tmp_path):
+    """--encoder-lr-scale 0 keeps the encoder where it started while the decoder moves."""
+    data, split = tiny
+    ref = run(args_of(*argv(data, split, tmp_path / "a", "--steps", "0")))
+    assert ref["status"] == "done"
+    start = torch.load(tmp_path / "a" / "checkpoint.pt", weights_only=True)["model"]
+    run(args_of(*argv(data, split, tmp_path / "b", "--steps", "3", "--encoder-lr-scale", "0")))
+    end = torch.load(tmp_path / "b" / "checkpoint.pt", weights_only=True)["model"]
+    enc = [k for k in start if k.startswith("encoder.") and k.endswith("weight") and "bn" not in k]
+    dec = [k for k in start if k.startswith("decoder.") and k.endswith("weight")]
+    assert enc and all(torch.equal(start[k], end[k]) for k in enc if start[k].ndim > 1)
+    assert any(not torch.equal(start[k], end[k]) for k in dec)

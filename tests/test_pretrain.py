@@ -171,7 +171,7 @@ def test_positive_accuracy():
 # ---------------------------------------------------------------- registry
 
 def test_registry_drives_cli_config_and_docs(tmp_path):
-    assert set(pretrain.TASKS) == {"rotation", "jigsaw", "simclr"}
+    assert set(pretrain.TASKS) == {"rotation", "jigsaw", "simclr", "restore"}
     parser = pretrain.get_args_parser()
     choices = next(a for a in parser._actions if a.dest == "task").choices
     assert sorted(choices) == sorted(pretrain.TASKS)
@@ -202,7 +202,7 @@ def test_a_registered_task_is_offered_everywhere():
 
 # ---------------------------------------------------------------- end to end
 
-@pytest.mark.parametrize("task", ["rotation", "jigsaw", "simclr"])
+@pytest.mark.parametrize("task", ["rotation", "jigsaw", "simclr", "restore"])
 def test_each_task_end_to_end(task, tmp_path, split_file, capsys):
     out = tmp_path / task
     res = pretrain.run(pretrain_args(task, out, split_file))
@@ -219,6 +219,7 @@ def test_each_task_end_to_end(task, tmp_path, split_file, capsys):
     for arch in ("unet", "transunet"):
         seg = models.create_segmenter(arch, "unet_tiny", num_classes=3)
         models.load_encoder(seg, out / "encoder.pt")
+    assert (out / "network.pt").is_file() == (task == "restore")  # a whole segmenter learned the task
     # TensorBoard: steps on the x-axis, the same tags for every task, k-NN probe, hparams, text, projector
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
     from tensorboard.plugins.hparams import plugin_data_pb2
@@ -397,7 +398,7 @@ def test_two_ranks_stop_together_on_a_signal_to_one_and_resume_to_the_same_encod
     assert one.returncode == 2 and "world size (processes) 2 -> 1" in one.stderr, one.stderr
 
 
-@pytest.mark.parametrize("task", ["rotation", "jigsaw", "simclr"])
+@pytest.mark.parametrize("task", ["rotation", "jigsaw", "simclr", "restore"])
 def test_the_number_of_workers_changes_nothing(task, tmp_path, split_file):
     """Every view draws from its sample's own generator: 0 and 2 DataLoader workers give the same encoder."""
     enc = {}
@@ -407,7 +408,7 @@ def test_the_number_of_workers_changes_nothing(task, tmp_path, split_file):
     assert all(torch.equal(enc[0][k], enc[2][k]) for k in enc[0])
 
 
-@pytest.mark.parametrize("task", ["rotation", "jigsaw", "simclr"])
+@pytest.mark.parametrize("task", ["rotation", "jigsaw", "simclr", "restore"])
 def test_a_preview_draws_no_random_number(task, tmp_path, split_file, data_dir):
     args = pretrain_args(task, tmp_path / "run", split_file)
     t = pretrain.TASKS[task](args, models.create_encoder("unet_tiny"))
@@ -474,3 +475,21 @@ def test_a_missing_device_or_an_out_inside_the_data_is_refused_before_anything_i
     assert "lies in the dataset folder" in capsys.readouterr().err and not (data_dir / "run").exists()
     assert pretrain.main(["--task", "rotation", "--split", str(split_file), "--out", str(tmp_path / "r"), "--lr", "inf"]) == 2
     assert "--lr must be a finite number > 0, got inf" in capsys.readouterr().err and not (tmp_path / "r").exists()
+
+
+def test_restore_corrupts_only_the_scanned_content_and_each_corruption_changes_it():
+    from pretrain.tasks.restore import Corruptions, RestoreViews
+    img, box = _slice_with_padding()
+    for name, c in (("nonlinear", Corruptions(1, 0, 0)), ("shuffle", Corruptions(0, 1, 0)),
+                    ("outpaint", Corruptions(0, 0, 1, 1)), ("inpaint", Corruptions(0, 0, 1, 0)),
+                    ("masks", Corruptions(0, 0, 0, mask_ratio=0.5))):
+        x, y, w = RestoreViews(c)(img, box, scans.sample_rng(0, 0, 1))
+        assert torch.equal(y[0], torch.from_numpy(img)) and w.sum() == 36 * 52, name
+        assert torch.equal(x[0][w[0] == 0], y[0][w[0] == 0]), name  # the padding is left as it is
+        assert not torch.equal(x, y) and 0 <= x.min() and x.max() <= 1, name
+    again = RestoreViews(Corruptions())(img, box, scans.sample_rng(0, 0, 1))
+    assert torch.equal(again[0], RestoreViews(Corruptions())(img, box, scans.sample_rng(0, 0, 1))[0])
+    nothing = RestoreViews(Corruptions(0, 0, 0))(img, box, scans.sample_rng(0, 0, 1))
+    assert torch.equal(nothing[0], nothing[1])
+    with pytest.raises(ValueError, match="--mask-ratio must be in"):
+        Corruptions(mask_ratio=1.0)

@@ -67,15 +67,16 @@ def _run(init, label_seed, seed, dice, cases=("a", "b", "c", "d")):
             "cases": [{"case_id": c, "mean_dice": dice + 0.01 * i} for i, c in enumerate(cases)]}
 
 
-CFG = {"archs": ["unet"], "fractions": [0.01], "inits": ["random", "rotation"]}
+CFG = {"archs": ["unet"], "fractions": [0.01], "inits": ["random", "rotation"], "pretrain": {"budgets": [1]}}
 SUBJECTS = {"a": "s1", "b": "s1", "c": "s2", "d": "s3"}
 
 
 def test_cells_pair_by_replicate_and_say_how_many_pairs():
-    from experiments.collect import cell_stats, findings
+    from experiments.render import findings
+    from experiments.stats import cell_stats
     rows = [_run("random", l, s, 0.70 + 0.01 * l) for l in range(3) for s in range(2)]
     rows += [_run("rotation", l, s, 0.75 + 0.01 * l) for l in range(2) for s in range(2)]
-    st = cell_stats(CFG, rows, SUBJECTS, n_boot=200)[("unet", "rotation", 0.01)]
+    st = cell_stats(CFG, rows, SUBJECTS, n_boot=200)[("unet", "rotation", 1, 0.01)]
     assert st["n"] == 4 and st["paired"] == 4 and st["paired_label_seeds"] == 2
     assert st["delta"] == pytest.approx(0.05) and st["low"] is not None
     text = "\n".join(findings(CFG, cell_stats(CFG, rows, SUBJECTS, n_boot=200)))
@@ -83,26 +84,89 @@ def test_cells_pair_by_replicate_and_say_how_many_pairs():
 
 
 def test_one_replicate_gets_no_ci_and_is_not_called_shown():
-    from experiments.collect import cell_stats, findings, table_csv
+    from experiments.render import findings, table_csv
+    from experiments.stats import cell_stats
     rows = [_run("random", 0, 0, 0.70), _run("rotation", 0, 0, 0.80)]
     stats = cell_stats(CFG, rows, SUBJECTS, n_boot=200)
-    st = stats[("unet", "rotation", 0.01)]
+    st = stats[("unet", "rotation", 1, 0.01)]
     assert st["delta"] == pytest.approx(0.10) and st["low"] is None and st["mean_low"] is None
     text = "\n".join(findings(CFG, stats))
     assert "1 paired replicate, so no CI" in text and "No init differs" in text
-    assert table_csv(CFG, stats).splitlines()[2] == "unet,rotation,0.01,1,0.8000,,0.1000,,,0,1"
+    assert table_csv(CFG, stats).splitlines()[2] == "unet,rotation,0.01,1,0.8000,,0.1000,,,0,1,"
 
 
 def test_a_missing_random_run_is_said_not_read_as_no_difference():
-    from experiments.collect import cell_stats, findings
+    from experiments.render import findings
+    from experiments.stats import cell_stats
     rows = [_run("rotation", 0, 0, 0.80), _run("rotation", 1, 0, 0.82)]
     text = "\n".join(findings(CFG, cell_stats(CFG, rows, SUBJECTS, n_boot=200)))
     assert "rotation init with unet at 1% labels: no random-init run of the same replicates to compare with" in text
 
 
 def test_runs_scored_on_other_test_cases_are_refused():
-    from experiments.collect import cell_stats
+    from experiments.stats import cell_stats
     rows = [_run("random", 0, 0, 0.70), _run("rotation", 0, 0, 0.80, cases=("a", "b", "c"))]
     with pytest.raises(ValueError, match=r"runs/random/L0_S0 was scored on 4 test cases and runs/rotation/L0_S0 on 3 "
                                          r"\(1 differ\): runs on other test cases cannot be compared"):
         cell_stats(CFG, rows, SUBJECTS, n_boot=200)
+
+
+def slow_nested_bootstrap(sums, counts, n_boot, rng):
+    """Three levels, loop by loop: pretraining seeds, label seeds within each, training seeds within those."""
+    stats = []
+    for _ in range(n_boot):
+        subj = rng.integers(0, len(counts), len(counts))
+        values = []
+        for p in rng.choice(sorted({k[0] for k in sums}), len({k[0] for k in sums})):
+            labels = sorted({k[1] for k in sums if k[0] == p})
+            for l in rng.choice(labels, len(labels)):
+                train = sorted({k[2] for k in sums if k[:2] == (p, l)})
+                for s in rng.choice(train, len(train)):
+                    values.append(sums[(p, l, s)][subj].sum() / counts[subj].sum())
+        stats.append(np.mean(values))
+    return np.quantile(stats, [0.025, 0.975])
+
+
+def test_pretraining_seeds_are_the_top_level_and_match_the_slow_reference():
+    rng = np.random.default_rng(3)
+    counts = rng.integers(1, 3, 25).astype(float)
+    sums = {}
+    for p in range(3):
+        run_effect = rng.normal(0, 0.05)  # one pretraining run is one draw: it moves all its replicates
+        for l in range(p, 10, 3):
+            for s in range(2):
+                sums[(p, l, s)] = counts * (0.1 + run_effect + rng.normal(0, 0.02)) + rng.normal(0, 0.05, 25) * np.sqrt(counts)
+    est, low, high = hierarchical_bootstrap(sums, counts, n_boot=4000)
+    ref = slow_nested_bootstrap(sums, counts, 4000, np.random.default_rng(9))
+    assert low == pytest.approx(ref[0], abs=0.01) and high == pytest.approx(ref[1], abs=0.01)
+    flat = {k[1:]: v for k, v in sums.items()}  # the same replicates without the pretraining level
+    _, flat_low, flat_high = hierarchical_bootstrap(flat, counts, n_boot=4000)
+    assert high - low > 1.3 * (flat_high - flat_low)  # three draws of the run effect: a wider, honest interval
+
+
+def _ft(init, label_seed, dice, p=None, budget=1):
+    return {"kind": "finetune", "arch": "unet", "init": init, "fraction": 0.01, "label_seed": label_seed, "seed": 0,
+            "pretrain_seed": p, "budget": budget, "out": f"runs/{init}@{budget}/L{label_seed}", "mean_dice": dice,
+            "collapsed": False, "cases": [{"case_id": c, "mean_dice": dice + 0.01 * i} for i, c in enumerate("abcd")]}
+
+
+def test_cells_rest_on_pretraining_runs_and_budgets_compare_in_pairs():
+    from experiments.render import budget_csv, budget_rows, findings
+    from experiments.stats import budget_growth, cell_stats
+    cfg = {"archs": ["unet"], "fractions": [0.01], "inits": ["random", "restore"], "tasks": ["restore"],
+           "pretrain": {"budgets": [1, 4]}}
+    rows = [_ft("random", l, 0.70) for l in range(6)]
+    rows += [_ft("restore", l, 0.72 + 0.01 * (l % 3), p=l % 3) for l in range(6)]
+    rows += [_ft("restore", l, 0.75 + 0.01 * (l % 3), p=l % 3, budget=4) for l in range(6)]
+    rows += [{"kind": "pretrain", "task": "restore", "budget": b, "steps": 100 * b} for b in (1, 4)]
+    subjects = {c: c for c in "abcd"}
+    stats = cell_stats(cfg, rows, subjects, n_boot=500)
+    one, four = stats[("unet", "restore", 1, 0.01)], stats[("unet", "restore", 4, 0.01)]
+    assert one["pretrain_seeds"] == 3 and one["paired"] == 6 and one["delta"] == pytest.approx(0.03)
+    assert four["delta"] == pytest.approx(0.06) and stats[("unet", "random", 1, 0.01)]["pretrain_seeds"] == 0
+    assert "6 paired replicates over 6 label seeds and 3 pretraining runs" in "\n".join(findings(cfg, stats))
+    growth = budget_growth(rows, subjects, "unet", "restore", 0.01, 1, 4, n_boot=500)
+    assert growth["delta"] == pytest.approx(0.03) and growth["low"] == pytest.approx(0.03) and growth["n"] == 6
+    table = budget_csv(budget_rows(cfg, stats, rows, {("unet", "restore", 0.01): growth})).splitlines()
+    assert table[0].startswith("task,pretrain_steps,budget,arch,fraction,n,n_paired,pretrain_seeds,mean_dice,delta_vs_random")
+    assert [r.split(",")[:3] for r in table[1:]] == [["random", "0", "1"], ["restore", "100", "1"], ["restore", "400", "4"]]
