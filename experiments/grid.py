@@ -81,7 +81,8 @@ def pretrain_out(cfg: dict, task: str, arch: str | None = None, budget: int = 1,
     the run (data, split, every option), so two configs share a pretraining run exactly when they would make
     the same one."""
     argv = pretrain_argv(cfg, task, arch, budget, seed)
-    defining = {"data": cfg["data"], "split": cfg["split"], "groups": cfg.get("groups"), "argv": argv[2:]}
+    at = argv.index("--split")  # the split file's path is the config's; its settings stand for its content
+    defining = {"data": cfg["data"], "split": cfg["split"], "groups": cfg.get("groups"), "argv": argv[2:at] + argv[at + 2:]}
     digest = hashlib.sha256(json.dumps(defining, sort_keys=True).encode()).hexdigest()[:8]
     return str(Path(cfg["pretrain_dir"]) / pretrain_name(task, arch, budget) / f"{cfg['encoder']}_s{seed}_{digest}")
 
@@ -114,8 +115,10 @@ def finetune_runs(cfg: dict) -> list[Run]:
     for arch in cfg["archs"]:
         for init in cfg["inits"]:
             base = init in BASE_INITS
+            own = fcfg["init_args"].get(arch, {}).get(init, {})
             for budget in ([1] if base else cfg["pretrain"]["budgets"]):
-                name = init + (f"@{budget}x" if budget != 1 else "")
+                # an init's own recipe names its folders, so configs that differ only in it can share a runs_dir
+                name = init + (f"@{budget}x" if budget != 1 else "") + "".join(f"+{k}{v}" for k, v in sorted(own.items()))
                 for frac in cfg["fractions"]:
                     for label_seed, seed in replicates(cfg, frac):
                         p = None if base else pretrain_seed(cfg, label_seed)
@@ -133,7 +136,7 @@ def finetune_runs(cfg: dict) -> list[Run]:
                                 "--batch-size", str(per_fraction(fcfg["batch_size"], frac,
                                                                  f"{cfg['config_path']}: finetune.batch_size")),
                                 *normalization_flags(cfg), *as_flags(fcfg["args"]), *as_flags(fcfg["arch_args"].get(arch, {})),
-                                *as_flags(fcfg["init_args"].get(arch, {}).get(init, {}))]
+                                *as_flags(own)]
                         if init == "imagenet":
                             argv += ["--imagenet-weights", cfg["imagenet_weights"]]
                         cell = {"arch": arch, "init": init, "budget": budget, "fraction": frac, "label_seed": label_seed,

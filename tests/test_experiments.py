@@ -104,7 +104,7 @@ def test_pretraining_seeds_budgets_whole_network_tasks_and_init_recipes(tmp_path
     assert run.needs == ("pretrain/restore-transunet@4x/P0",)
     assert run.argv[run.argv.index("--init") + 1] == pre["pretrain/restore-transunet@4x/P0"].out + "/network.pt"
     assert ft["unet/simclr/frac0.5/L2_S0_P2"].needs == ("pretrain/simclr/P2",)
-    assert "--encoder-lr-scale" in ft["unet/restore/frac0.5/L0_S0_P0"].argv
+    assert "--encoder-lr-scale" in ft["unet/restore+encoder_lr_scale0.1/frac0.5/L0_S0_P0"].argv
     assert "--encoder-lr-scale" not in ft["transunet/restore/frac0.5/L0_S0_P0"].argv
     assert "--encoder-lr-scale" not in ft["unet/simclr/frac0.5/L0_S0_P0"].argv
     for bad, says in ((dict(pretrain={"seeds": [0, 0]}), "pretrain.seeds must be distinct integers"),
