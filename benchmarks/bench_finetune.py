@@ -18,7 +18,7 @@ import models
 import scans
 from atomicio import write_json
 from finetune.data import TrainSlices
-from finetune.evaluate import predict_volume
+from finetune.inference import Inference
 from finetune.losses import SegmentationLoss
 from scans.augment import segmentation_augment
 
@@ -46,7 +46,7 @@ def bench(arch, encoder, loaded, batch_size, steps, device):
     model.eval()
     t0 = time.perf_counter()
     for c in loaded[:10]:
-        predict_volume(model, c.image, 2, device)
+        Inference().volume(model, c.image, device)
     per_volume = (time.perf_counter() - t0) / min(10, len(loaded))
     return {"arch": arch, "encoder": encoder, "params": models.count_parameters(model),
             "train_images_per_s": round(train, 1), "inference_s_per_volume": round(per_volume, 4)}

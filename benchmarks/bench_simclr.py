@@ -14,7 +14,6 @@ images/s counts slices (each gives two views). The pipeline must reach >= 0.9 of
 """
 import argparse
 import os
-import platform
 import time
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")

@@ -14,9 +14,23 @@ import shlex
 from .args import as_flags
 
 
-def command_line(prog: str, args: dict) -> str:
-    """``python -m PROG --key value ...`` that re-creates ``args`` (every option explicit)."""
-    return shlex.join(["python", "-m", prog, *as_flags(dict(sorted(args.items())))])
+def command_line(prog: str, args: dict, first=()) -> str:
+    """``python -m PROG --key value ...`` that re-creates ``args`` (every option explicit): the options named in
+    ``first`` first, in that order (what tells runs apart, so it is on screen), then the rest sorted."""
+    ordered = {k: args[k] for k in first if k in args} | dict(sorted(args.items()))
+    return shlex.join(["python", "-m", prog, *as_flags(ordered)])
+
+
+def add_text(writer, tag: str, text: str, step: int = 0) -> None:
+    """A TEXT-tab entry under exactly ``tag`` (markdown; ``SummaryWriter.add_text`` would append ``/text_summary``)."""
+    from tensorboard.compat.proto.summary_pb2 import Summary, SummaryMetadata
+    from tensorboard.compat.proto.tensor_pb2 import TensorProto
+    from tensorboard.compat.proto.tensor_shape_pb2 import TensorShapeProto
+
+    meta = SummaryMetadata(plugin_data=SummaryMetadata.PluginData(plugin_name="text"))
+    tensor = TensorProto(dtype="DT_STRING", string_val=[text.encode()],
+                         tensor_shape=TensorShapeProto(dim=[TensorShapeProto.Dim(size=1)]))
+    writer.file_writer.add_summary(Summary(value=[Summary.Value(tag=tag, metadata=meta, tensor=tensor)]), step)
 
 
 def _code(text: str) -> str:
@@ -24,13 +38,14 @@ def _code(text: str) -> str:
     return "\n".join("    " + line for line in text.splitlines())
 
 
-def write_run_text(writer, prog: str, args: dict, provenance: dict, extra: dict | None = None) -> None:
-    """TEXT tab: ``run/command``, ``run/commit``, ``run/config`` (arguments, machine and ``extra``)."""
-    writer.add_text("run/command", _code(command_line(prog, args)), 0)
+def write_run_text(writer, prog: str, args: dict, provenance: dict, extra: dict | None = None, first=()) -> None:
+    """TEXT tab: ``run/command`` (the options in ``first`` first), ``run/commit``, ``run/config`` (arguments,
+    machine and ``extra``)."""
+    add_text(writer, "run/command", _code(command_line(prog, args, first)))
     dirty = " (uncommitted changes)" if provenance.get("dirty") else ""
-    writer.add_text("run/commit", f"`{provenance.get('commit')}`{dirty}", 0)
+    add_text(writer, "run/commit", f"`{provenance.get('commit')}`{dirty}")
     config = {"args": args, "machine": provenance.get("machine"), **(extra or {})}
-    writer.add_text("run/config", _code(json.dumps(config, indent=1, sort_keys=True, default=str)), 0)
+    add_text(writer, "run/config", _code(json.dumps(config, indent=1, sort_keys=True, default=str)))
 
 
 def write_hparams(writer, hparams: dict) -> None:
@@ -39,8 +54,10 @@ def write_hparams(writer, hparams: dict) -> None:
     No experiment definition is written: TensorBoard then builds the table from every run it finds,
     the union of their settings as columns (a text column lists its values, so rows can be picked by
     them) and their scalars as metrics, so a log directory of pretraining and fine-tuning runs shows
-    both kinds, each with its own settings. The metrics are the last values of the scalars the run
-    already logged (no ``hparam/*`` copies in SCALARS)."""
+    both kinds, each with its own settings. It shows the first five columns that differ between runs
+    (in name order) and the first five metrics (in tag order): a trainer gives every run of either kind
+    the same few leading columns and metrics, filled, so the parallel-coordinates view draws every run.
+    The metrics are the last values of the scalars the run logged (no ``hparam/*`` copies in SCALARS)."""
     from torch.utils.tensorboard.summary import hparams as hparams_summary
 
     values = {k: v for k, v in hparams.items() if v is not None}

@@ -15,7 +15,6 @@ import argparse
 import sys
 
 import engine
-import scans
 from slurm import EXECUTORS
 
 from .collect import collect
@@ -54,7 +53,7 @@ def main(argv=None) -> int:
             collect(cfg, records=args.records)
             return 0
         return print_status(cfg)
-    except (scans.ScanError, ValueError, FileNotFoundError) as e:
+    except (ValueError, OSError) as e:  # ValueError: ConfigError, scans.ScanError
         print(f"error: {e}", file=sys.stderr)
         return 2
 

@@ -83,91 +83,112 @@ def expected_cost(run: Run) -> float:
     return value("--steps") * value("--batch-size") * (1.4 if run.cell.get("arch") == "transunet" else 1.0)
 
 
-def schedule(runs: list[Run], executor, parallel: int, threads: int, elsewhere: list[Run] = (),
-             chain: int = 6) -> dict[str, str]:
-    """Run ``runs`` respecting ``needs``, at most ``parallel`` jobs at once; runs that need one of
-    ``elsewhere`` (running in another process) wait for it. Returns failed key -> reason.
+class Schedule:
+    """Runs ``runs`` respecting ``needs``, at most ``parallel`` jobs at once; runs that need one of ``elsewhere``
+    (running in another process) wait for it.
 
-    A pretraining run is a job of its own; ready fine-tuning runs go in chains of up to ``chain``
-    runs per job (``slurm.TrainChain``: one process, data read once), shorter as the grid drains
-    so the workers finish together.
-    """
-    pending = list(runs)
-    in_flight: dict[int, tuple] = {}
-    waiting = {r.key: r for r in elsewhere}
-    known = {r.key for r in runs} | set(waiting)
-    done: set[str] = set()
-    failed: dict[str, str] = {}
-    bar = tqdm(total=len(runs), desc="grid", unit="run", dynamic_ncols=True)
+    A pretraining run is a job of its own; ready fine-tuning runs go in chains of up to ``chain`` runs per job
+    (``slurm.TrainChain``: one process, data read once), shorter as the grid drains so the workers finish
+    together. Its state: the runs not yet started (``pending``), the jobs in flight, the runs other processes
+    work on (``waiting``), and the keys that are ``done`` or ``failed`` (with the reason)."""
 
-    def fail(run, reason):
-        failed[run.key] = reason
-        bar.write(f"FAILED   {run.key}: {reason}")
+    def __init__(self, runs: list[Run], executor, parallel: int, threads: int, elsewhere: list[Run] = (), chain: int = 6):
+        self.executor, self.parallel, self.threads, self.chain = executor, parallel, threads, chain
+        self.pending = list(runs)
+        self.in_flight: dict[int, tuple] = {}  # id(job) -> (job, its runs, start time)
+        self.waiting = {r.key: r for r in elsewhere}
+        self.known = {r.key for r in runs} | set(self.waiting)
+        self.done: set[str] = set()
+        self.failed: dict[str, str] = {}
+        self.bar = tqdm(total=len(runs), desc="grid", unit="run", dynamic_ncols=True)
 
-    try:
-        while pending or in_flight:
-            for key, r in list(waiting.items()):
-                state = run_state(r)
-                if state != "running":
-                    del waiting[key]
-                    if state == "done":
-                        done.add(key)
-                    else:
-                        failed[key] = "stopped elsewhere without finishing"
-            ready = []
-            for run in list(pending):
-                blocked = [n for n in run.needs if n in failed]
-                if blocked:
-                    pending.remove(run)
-                    bar.update(1)
-                    fail(run, f"needs {blocked[0]}, which failed ({failed[blocked[0]]})")
-                elif all(n in done or n not in known for n in run.needs):
-                    ready.append(run)
-            # pretraining first (other runs wait for it), then the longest runs, so none is left alone at the end
-            ready.sort(key=lambda r: (r.kind != "pretrain", -expected_cost(r)))
-            while ready and len(in_flight) < parallel:
-                n = 1 if ready[0].kind == "pretrain" else max(1, min(chain, len(ready) // (2 * parallel)))
-                batch = [ready.pop(0)]
-                while len(batch) < n and ready and ready[0].kind != "pretrain":
-                    batch.append(ready.pop(0))
-                job = executor.submit(TrainChain(threads), [(r.kind, list(r.argv)) for r in batch])
-                in_flight[id(job)] = (job, batch, time.time())
+    def fail(self, run: Run, reason: str) -> None:
+        self.failed[run.key] = reason
+        self.bar.write(f"FAILED   {run.key}: {reason}")
+
+    def check_elsewhere(self) -> None:
+        """Runs another process worked on: done, or stopped without finishing (failed here)."""
+        for key, r in list(self.waiting.items()):
+            state = run_state(r)
+            if state != "running":
+                del self.waiting[key]
+                if state == "done":
+                    self.done.add(key)
+                else:
+                    self.failed[key] = "stopped elsewhere without finishing"
+
+    def ready(self) -> list[Run]:
+        """Pending runs whose needs are done, pretraining first (other runs wait for it), then the longest, so none
+        is left alone at the end; runs whose needs failed fail too."""
+        ready = []
+        for run in list(self.pending):
+            blocked = [n for n in run.needs if n in self.failed]
+            if blocked:
+                self.pending.remove(run)
+                self.bar.update(1)
+                self.fail(run, f"needs {blocked[0]}, which failed ({self.failed[blocked[0]]})")
+            elif all(n in self.done or n not in self.known for n in run.needs):
+                ready.append(run)
+        return sorted(ready, key=lambda r: (r.kind != "pretrain", -expected_cost(r)))
+
+    def start(self, ready: list[Run]) -> None:
+        """Submit jobs while there is room: a pretraining run alone, fine-tuning runs in chains."""
+        while ready and len(self.in_flight) < self.parallel:
+            n = 1 if ready[0].kind == "pretrain" else max(1, min(self.chain, len(ready) // (2 * self.parallel)))
+            batch = [ready.pop(0)]
+            while len(batch) < n and ready and ready[0].kind != "pretrain":
+                batch.append(ready.pop(0))
+            job = self.executor.submit(TrainChain(self.threads), [(r.kind, list(r.argv)) for r in batch])
+            self.in_flight[id(job)] = (job, batch, time.time())
+            for r in batch:
+                self.pending.remove(r)
+            names = batch[0].key + (f" and {len(batch) - 1} more" if len(batch) > 1 else "")
+            self.bar.write(f"started  {names}  (job {job.job_id}, log {getattr(job, 'paths', None) and job.paths.stdout})")
+
+    def finish(self) -> None:
+        """Take in the jobs that ended: each of their runs done, failed, or left to another process."""
+        for key, (job, batch, t0) in list(self.in_flight.items()):
+            if not job.done():
+                continue
+            del self.in_flight[key]
+            self.bar.update(len(batch))
+            try:
+                results = job.result()
+            except Exception as e:  # the job died (killed, out of memory): its log says more
                 for r in batch:
-                    pending.remove(r)
-                names = batch[0].key + (f" and {len(batch) - 1} more" if len(batch) > 1 else "")
-                bar.write(f"started  {names}  (job {job.job_id}, log {getattr(job, 'paths', None) and job.paths.stdout})")
-            for key, (job, batch, t0) in list(in_flight.items()):
-                if not job.done():
-                    continue
-                del in_flight[key]
-                bar.update(len(batch))
-                try:
-                    results = job.result()
-                except Exception as e:  # the job died (killed, out of memory): its log says more
-                    for r in batch:
-                        fail(r, f"{last_line(e)} (log: {job.paths.stderr})")
-                    continue
-                for r, res in zip(batch, results):
-                    if res.get("status") == "failed":
-                        fail(r, f"{res['error']} (log: {job.paths.stderr})")
-                    elif res.get("status") == "running elsewhere":
-                        waiting[r.key] = r
-                        bar.write(f"elsewhere {r.key}: {res['detail']}")
-                    else:
-                        done.add(r.key)
-                        bar.write(f"finished {describe(r, res)}")
-                if len(batch) > 1:
-                    bar.write(f"         (job {job.job_id}: {len(batch)} runs in {time.time() - t0:.0f} s)")
-            if in_flight or waiting:
-                time.sleep(0.5)
-    except KeyboardInterrupt:
-        for job, _, _ in in_flight.values():
-            job.cancel(check=False)
-        bar.write("interrupted: runs in flight were stopped (they resume from their checkpoints); finished runs are kept")
-        raise
-    finally:
-        bar.close()
-    return failed
+                    self.fail(r, f"{last_line(e)} (log: {job.paths.stderr})")
+                continue
+            for r, res in zip(batch, results):
+                if res.get("status") == "failed":
+                    self.fail(r, f"{res['error']} (log: {job.paths.stderr})")
+                elif res.get("status") == "running elsewhere":
+                    self.waiting[r.key] = r
+                    self.bar.write(f"elsewhere {r.key}: {res['detail']}")
+                else:
+                    self.done.add(r.key)
+                    self.bar.write(f"finished {describe(r, res)}")
+            if len(batch) > 1:
+                self.bar.write(f"         (job {job.job_id}: {len(batch)} runs in {time.time() - t0:.0f} s)")
+
+    def run(self) -> dict[str, str]:
+        """Until every run is done or failed; returns failed key -> reason. Ctrl-C cancels the jobs in flight
+        (their runs resume from their checkpoints) and keeps every finished run."""
+        try:
+            while self.pending or self.in_flight:
+                self.check_elsewhere()
+                self.start(self.ready())
+                self.finish()
+                if self.in_flight or self.waiting:
+                    time.sleep(0.5)
+        except KeyboardInterrupt:
+            for job, _, _ in self.in_flight.values():
+                job.cancel(check=False)
+            self.bar.write("interrupted: runs in flight were stopped (they resume from their checkpoints); "
+                           "finished runs are kept")
+            raise
+        finally:
+            self.bar.close()
+        return self.failed
 
 
 def plan(cfg: dict, world_size: int = 1) -> tuple[list[Run], list[Run], list[Run]]:
@@ -227,7 +248,7 @@ def reproduce(cfg: dict, executor: str = "local", profile: str | None = None) ->
     if todo:
         parallel = max_parallel(cfg, executor)
         ex = make_executor(executor, runs_dir / "jobs", timeout_min=cfg["timeout_min"])
-        failed = schedule(todo, ex, parallel, int(cfg["cpus_per_job"]), elsewhere)
+        failed = Schedule(todo, ex, parallel, int(cfg["cpus_per_job"]), elsewhere).run()
     results = collect(cfg)
     if failed:
         print(f"{len(failed)} runs failed:")

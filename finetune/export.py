@@ -3,7 +3,7 @@
     python -m finetune.export --run runs/ft/unet_rotation_10 --out model.onnx
 
 Input ``image``: float32 (batch, 1, height, width), normalised as the run normalised its scans
-(``model.pt``'s ``normalization``: ``scans.normalize``); output ``logits``: float32
+(``model.pt``'s ``inference.normalization``: ``scans.normalize``); output ``logits``: float32
 (batch, classes, height, width). Any height and width work (the network pads inside). After
 export the file is checked against PyTorch with onnxruntime on two inputs of different sizes and
 the largest absolute difference of the logits is printed (exit 1 above ``--tolerance``).
@@ -87,7 +87,7 @@ def main(argv=None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     try:
-        out = export(model, args.out, spec["size"], args.opset)
+        out = export(model, args.out, spec["inference"].size, args.opset)
     except OSError as e:  # a place that cannot be written
         print(f"error: --out {args.out}: cannot write there ({e.strerror or e})", file=sys.stderr)
         return 2

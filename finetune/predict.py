@@ -31,14 +31,12 @@ import argparse
 import sys
 from pathlib import Path
 
-import torch
 from tqdm import tqdm
 
 import engine
 import scans
 from atomicio import write_json
 
-from .evaluate import predict_scan
 from .modelfile import load_model
 
 
@@ -75,22 +73,17 @@ def find_inputs(path) -> list[Path]:
 
 
 class Predictor:
-    """A run's segmenter with its preprocessing: ``probabilities(volume)`` -> (C, X, Y, Z) float32.
-    ``tta`` / ``amp``: None applies what the run's evaluation used (``model.pt``)."""
+    """A run's segmenter with how its evaluation applied it: ``probabilities(volume)`` -> (C, X, Y, Z) float32.
+    ``tta`` / ``amp``: None applies what the run's evaluation used (``model.pt``), True / False override it."""
 
     def __init__(self, run_dir, device="auto", tta: bool | None = None, amp: bool | None = None):
         self.device = engine.resolve_device(device)
         self.model, self.spec = load_model(run_dir, self.device)
-        self.amp = self.spec["amp"] if amp is None else amp
-        tta = self.spec["tta"] if tta is None else tta
-        self.tta = scans.slice_flips(self.spec["flip_axes"], self.spec["axis"]) if tta else ()
+        overrides = {k: v for k, v in (("tta", tta), ("amp", amp)) if v is not None}
+        self.inference = self.spec["inference"].replace(**overrides)
 
-    @torch.no_grad()
     def probabilities(self, volume: scans.Volume):
-        image = scans.normalize(scans.replace_nonfinite(volume.array, volume.path), self.spec["normalization"])
-        with engine.deterministic_on_cpu(self.device):  # as in the run's evaluation
-            return predict_scan(self.model, image, volume.spacing, self.spec["axis"], self.device, self.tta, self.amp,
-                                self.spec["size"], self.spec.get("spacing"))
+        return self.inference.scan(self.model, volume, self.device)
 
 
 MANIFEST = "predict.json"  # in --out: which run and test-time options made the predictions there
@@ -154,17 +147,19 @@ def predict(args) -> list[Path]:
     inputs = find_inputs(args.input)
     predictor = Predictor(args.run, args.device, args.tta, args.amp)
     check_out(args.out, inputs, args.input, args.run, args.probabilities)
+    inference = predictor.inference
     manifest = {"run": str(Path(args.run).resolve()), "model_sha256": engine.file_digest(predictor.spec["path"]),
-                "tta": bool(predictor.tta), "amp": bool(predictor.amp)}
+                "tta": bool(inference.tta_flips), "amp": inference.amp}
     names = predictor.spec["class_names"] or {}
     print(f"predict: {len(inputs)} scan(s) with {predictor.spec['arch']} ({predictor.spec['encoder']}) of {args.run}; "
           f"classes {', '.join(f'{k} {v}' for k, v in sorted(names.items())) or predictor.spec['num_classes']}; "
-          f"TTA flips {list(predictor.tta) or 'none'}, AMP {'on' if predictor.amp else 'off'} -> {args.out}", flush=True)
+          f"TTA flips {list(inference.tta_flips) or 'none'}, AMP {'on' if inference.amp else 'off'} -> {args.out}",
+          flush=True)
     lock, new = claim_out(args.out, manifest)
     written = []
     try:
         for path in tqdm(inputs, desc="predicting", unit="scan", disable=not engine.on_terminal()):
-            volume = scans.read_volume(path, window=predictor.spec["normalization"].window)
+            volume = scans.read_volume(path, window=inference.normalization.window)
             probs = predictor.probabilities(volume)
             out = scans.write_segmentation(volume, probs.argmax(0), args.out, probs if args.probabilities else None)
             written.append(out)

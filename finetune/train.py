@@ -29,6 +29,7 @@ import argparse
 import math
 import time
 from collections import deque
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -39,7 +40,9 @@ import scans
 from scans.augment import segmentation_augment
 
 from . import data
-from .evaluate import evaluate_cases, overlay_panel, panel_slices
+from . import board
+from .evaluate import evaluate_cases
+from .inference import Inference
 from .losses import LOSSES, SegmentationLoss
 from .modelfile import save_model
 
@@ -269,21 +272,6 @@ def set_encoder_frozen(model, frozen: bool) -> None:
     model.encoder.train(not frozen and model.training)
 
 
-def class_name(class_names: dict | None, k: str) -> str:
-    """``dataset.json``'s name of class ``k`` (for example Anterior), else ``class{k}``."""
-    return (class_names or {}).get(str(k)) or f"class{k}"
-
-
-def tensorboard_hparams(args, init_info: dict) -> dict:
-    """Short, readable settings for the HPARAMS tab: init is random, imagenet or the pretext task."""
-    pretrained = init_info["init"] in ("checkpoint", "network")
-    init = init_info.get("pretext", init_info["init"]) if pretrained else init_info["init"]
-    return {"arch": args.arch, "encoder": init_info["encoder"], "init": init,
-            "init_file": Path(args.init).parent.name if pretrained else None,
-            "label_fraction": f"{args.fraction * 100:g}%", "label_seed": args.label_seed, "seed": args.seed,
-            "steps": args.steps, "batch_size": args.batch_size, "lr": args.lr}
-
-
 def clean(x):
     """NaN / inf -> None, recursively, so metrics.json is strict JSON."""
     if isinstance(x, float) and not math.isfinite(x):
@@ -300,9 +288,10 @@ class SegmentationTrainer(engine.Trainer):
     validation (``val_loaded``) and watch Dice (``watch_loaded``)."""
 
     def __init__(self, model, loss_fn, dataset, sampler, args, writer, val_loaded, num_classes, device,
-                 watch_loaded=()):
+                 inference: Inference, watch_loaded=()):
         self.model, self.loss_fn, self.dataset, self.sampler, self.args = model, loss_fn, dataset, sampler, args
         self.writer, self.val_loaded, self.num_classes, self.device = writer, val_loaded, num_classes, device
+        self.inference = inference
         self.watch_loaded = list(watch_loaded)
         self.recent = deque(maxlen=50)  # the logged loss is the mean of the last 50 steps
         self.val_dice = None
@@ -334,10 +323,9 @@ class SegmentationTrainer(engine.Trainer):
         row = {}
         for name, loaded in (("val", self.val_loaded), ("watch", self.watch_loaded)):
             if loaded:
-                _, res = evaluate_cases(self.model, loaded, self.num_classes, self.args.axis, self.device,
-                                        amp=self.args.amp, size=self.args.size, target_spacing=self.args.spacing)
+                _, res = evaluate_cases(self.model, loaded, self.num_classes, self.inference, self.device)
                 self.writer.add_scalar(f"{name}/dice", res["mean_dice"], step)
-                self.writer.add_scalar(f"{name}/hd95", res["mean_hd95"], step)
+                self.writer.add_scalar(f"{name}/hd95_mm", res["mean_hd95"], step)
                 row[f"{name}_dice"], row[f"{name}_hd95"] = res["mean_dice"], res["mean_hd95"]
         if self.val_loaded:
             self.val_dice = row["val_dice"]
@@ -363,102 +351,121 @@ def run(args) -> dict:
         return train(args, folder, cases, class_names, num_classes, t_start)
 
 
-def train(args, folder: engine.RunFolder, cases: data.Selection, class_names: dict | None, num_classes: int,
-          t_start: float) -> dict:
-    """Build the segmenter, train it through the engine's loop, evaluate on the test set, write metrics.json."""
-    tty = engine.on_terminal()
-    device = engine.resolve_device(args.device)
-    train_cases, val_cases, test_cases, watch = cases.train, cases.val, cases.test, cases.watch
-    flips = slice_flip_axes(args)
-    norm = scans.normalization_of(args)
-    loaded = scans.load_cases(train_cases + val_cases + watch, norm=norm, progress=tty)
-    train_loaded, val_loaded = loaded[: len(train_cases)], loaded[len(train_cases): len(train_cases) + len(val_cases)]
-    watch_loaded = loaded[len(train_cases) + len(val_cases):]
+@dataclass
+class Setup:
+    """What a fine-tuning run is made of, built before its first step."""
+
+    model: torch.nn.Module
+    init_info: dict
+    loss_fn: SegmentationLoss
+    dataset: data.TrainSlices
+    sampler: engine.ResumableSampler
+    inference: Inference
+    val_loaded: list
+    watch_loaded: list
+
+
+def inference_of(args) -> Inference:
+    """How this run's network is applied to a scan: by its evaluation, and later by predict and export."""
+    return Inference(axis=args.axis, size=tuple(args.size), normalization=scans.normalization_of(args),
+                     spacing=tuple(args.spacing) if args.spacing else None, flip_axes=resolve_flip_axes(args),
+                     tta=args.tta, amp=args.amp)
+
+
+def build(args, cases: data.Selection, num_classes: int) -> Setup:
+    """Read the labelled cases, build the segmenter with its initial weights, the loss and the training slices."""
+    inference = inference_of(args)
+    loaded = scans.load_cases(cases.train + cases.val + cases.watch, norm=inference.normalization,
+                              progress=engine.on_terminal())
+    n_train, n_val = len(cases.train), len(cases.val)
+    train_loaded = loaded[:n_train]
     loss_fn = SegmentationLoss(args.loss, num_classes, args.class_weights, args.focal_gamma)
     engine.seed_everything(args.seed)
     model, init_info = build_model(args, num_classes)
     if args.spacing:
         train_loaded = [data.resample_case(c, args.axis, args.spacing) for c in train_loaded]
-    dataset = data.TrainSlices(train_loaded, tuple(args.size), args.axis,
-                               segmentation_augment(args.aug, flips, gamma=norm.mode != "zscore"),
-                               args.fg_repeat, args.seed, min_len=args.batch_size, aug_prob=args.aug_prob,
-                               fg_patch=args.fg_patch)
+    augment = segmentation_augment(args.aug, slice_flip_axes(args), gamma=inference.normalization.mode != "zscore")
+    dataset = data.TrainSlices(train_loaded, tuple(args.size), args.axis, augment, args.fg_repeat, args.seed,
+                               min_len=args.batch_size, aug_prob=args.aug_prob, fg_patch=args.fg_patch)
     sampler = engine.ResumableSampler(len(dataset), args.batch_size, args.seed)
-    total = args.steps
+    return Setup(model, init_info, loss_fn, dataset, sampler, inference, loaded[n_train:n_train + n_val],
+                 loaded[n_train + n_val:])
 
+
+def train(args, folder: engine.RunFolder, cases: data.Selection, class_names: dict | None, num_classes: int,
+          t_start: float) -> dict:
+    """Build the run, fit it through the engine's loop, then report: score the test set, write model.pt,
+    metrics.json and the TensorBoard summaries."""
+    device = engine.resolve_device(args.device)
+    setup = build(args, cases, num_classes)
     provenance = engine.provenance()
     engine.print_header("finetune", folder, provenance)
-    print(f"train {len(train_cases)} cases ({dataset.num_slices} slices, {dataset.num_foreground} with foreground), "
-          f"val {len(val_cases)}, watch {len(watch)}, test {len(test_cases)}; {num_classes} classes; "
-          f"{models.count_parameters(model) / 1e6:.2f} M params; {total} steps of {args.batch_size}"
-          + (f"; {dataset.num_larger} slices larger than {args.size[0]}x{args.size[1]} give random patches"
-             if dataset.num_larger else ""), flush=True)
-    model = engine.prepare_model(model, device)
-    loss_fn.to(device)
+    ds = setup.dataset
+    print(f"train {len(cases.train)} cases ({ds.num_slices} slices, {ds.num_foreground} with foreground), "
+          f"val {len(cases.val)}, watch {len(cases.watch)}, test {len(cases.test)}; {num_classes} classes; "
+          f"{models.count_parameters(setup.model) / 1e6:.2f} M params; {args.steps} steps of {args.batch_size}"
+          + (f"; {ds.num_larger} slices larger than {args.size[0]}x{args.size[1]} give random patches"
+             if ds.num_larger else ""), flush=True)
+    model = engine.prepare_model(setup.model, device)
+    setup.loss_fn.to(device)
     state, log = engine.start_training(folder, model, device, t_start, lr=args.lr, weight_decay=args.weight_decay,
                                        amp=args.amp, param_groups=param_groups(model, args.encoder_lr_scale))
+    ids = {f"{k}_cases": [c.case_id for c in getattr(cases, k)] for k in ("train", "val", "watch", "test")}
     if state.step == 0:
-        folder.write_config(args=vars(args), provenance=provenance, init=init_info, num_classes=num_classes,
-                            transferred=init_info.get("transferred"),
-                            train_cases=[c.case_id for c in train_cases], val_cases=[c.case_id for c in val_cases],
-                            test_cases=[c.case_id for c in test_cases])
-
+        folder.write_config(args=vars(args), provenance=provenance, init=setup.init_info, num_classes=num_classes,
+                            transferred=setup.init_info.get("transferred"), **ids)
     writer = engine.tensorboard_writer(folder.path, purge_step=state.step)
     if state.step == 0:
-        engine.write_run_text(writer, "finetune", vars(args), provenance, {"init": init_info, "identity": folder.identity,
-                              "train_cases": [c.case_id for c in train_cases], "watch_cases": [c.case_id for c in watch]})
-    trainer = SegmentationTrainer(model, loss_fn, dataset, sampler, args, writer, val_loaded, num_classes, device,
-                                  watch_loaded)
-    settings = engine.loop_settings(args, total, sampler.batches_per_epoch, args.batch_size, args.lr, args.warmup_fraction,
-                                    tb_prefix="train/", desc=f"finetune {args.arch}")
+        engine.write_run_text(writer, "finetune", vars(args), provenance, {"init": setup.init_info,
+                              "identity": folder.identity, **ids},
+                              first=("arch", "init", "fraction", "label_seed", "seed", "encoder"))
+    trainer = SegmentationTrainer(model, setup.loss_fn, ds, setup.sampler, args, writer, setup.val_loaded, num_classes,
+                                  device, setup.inference.replace(tta=False), setup.watch_loaded)
+    settings = engine.loop_settings(args, args.steps, setup.sampler.batches_per_epoch, args.batch_size, args.lr,
+                                    args.warmup_fraction, tb_prefix="train/", desc=f"finetune {args.arch}")
     with engine.deterministic_on_cpu(device), writer:
         stopped = engine.fit(folder, state, trainer, device, settings, log, writer)
         if stopped:
-            return {"status": "interrupted", "step": state.step, "steps_total": total, "signal": stopped}
-        train_time = state.elapsed()
+            return {"status": "interrupted", "step": state.step, "steps_total": args.steps, "signal": stopped}
+        return report(args, folder, setup, cases, class_names, num_classes, device, writer, trainer,
+                      {"provenance": provenance, "train_time": state.elapsed(), **ids})
 
-        t_eval = time.time()
-        test_loaded = scans.load_cases(test_cases, norm=norm, progress=tty)
-        save = None
-        if args.save_predictions:
-            save = lambda i, pred: scans.write_segmentation(scans.read_volume(test_cases[i].image), pred,  # noqa: E731
-                                                            folder.path / "predictions")
-        per_case, summary = evaluate_cases(model, test_loaded, num_classes, args.axis, device,
-                                           flips if args.tta else (), args.amp, args.size, progress=tty,
-                                           on_prediction=save, report_every=0 if tty else 10, target_spacing=args.spacing)
-        eval_time = time.time() - t_eval
-        panel = overlay_panel(model, test_loaded, panel_slices(test_loaded, args.axis), args.axis, args.size, device,
-                              class_names, args.spacing)
-        writer.add_image("test/image_label_prediction", panel, total, dataformats="HWC")
-        for k, v in summary["dice_per_class"].items():
-            writer.add_scalar(f"test/dice_{class_name(class_names, k)}", v, total)
-        writer.add_scalar("test/mean_dice", summary["mean_dice"], total)
-        writer.add_scalar("test/mean_hd95", summary["mean_hd95"], total)
-        engine.write_hparams(writer, tensorboard_hparams(args, init_info))
-        engine.write_layout(writer, {"test Dice (one point per run)": ["test/mean_dice"],
-                                     "watch Dice (training-pool cases outside the fraction)": ["watch/dice"],
-                                     "training loss": ["train/loss"], "Dice loss": ["train/dice_loss"]},
-                            category="fine-tuning: every run")
 
-    save_model(folder.path, model, arch=args.arch, encoder=init_info["encoder"], encoder_kwargs=init_info["encoder_kwargs"],
-               num_classes=num_classes, class_names=class_names, axis=args.axis, size=args.size,
-               normalization=norm, flip_axes=resolve_flip_axes(args), spacing=args.spacing, tta=args.tta, amp=args.amp)
+def report(args, folder: engine.RunFolder, setup: Setup, cases: data.Selection, class_names, num_classes: int, device,
+           writer, trainer, done: dict) -> dict:
+    """Score the test set as the inference description says, then write model.pt, TensorBoard's test summaries
+    and metrics.json (last: it marks the run finished)."""
+    model, inference = setup.model, setup.inference
+    tty = engine.on_terminal()
+    t_eval = time.time()
+    test_loaded = scans.load_cases(cases.test, norm=inference.normalization, progress=tty)
+    save = None
+    if args.save_predictions:
+        save = lambda i, pred: scans.write_segmentation(scans.read_volume(cases.test[i].image), pred,  # noqa: E731
+                                                        folder.path / "predictions")
+    per_case, summary = evaluate_cases(model, test_loaded, num_classes, inference, device, on_prediction=save,
+                                       report_every=0 if tty else 10, progress=tty)
+    eval_time = time.time() - t_eval
+    board.write_test(writer, model, test_loaded, summary, inference, device, class_names, args.steps,
+                     board.hparams(args, setup.init_info))
+    save_model(folder.path, model, arch=args.arch, encoder=setup.init_info["encoder"],
+               encoder_kwargs=setup.init_info["encoder_kwargs"], num_classes=num_classes, class_names=class_names,
+               inference=inference)
+    prov = done["provenance"]
     metrics = {"status": "done", **summary, "class_names": class_names, "num_classes": num_classes,
-               "cases": per_case, "train_cases": [c.case_id for c in train_cases],
-               "val_cases": [c.case_id for c in val_cases], "test_cases": [c.case_id for c in test_cases],
+               "cases": per_case, **{k: done[k] for k in ("train_cases", "val_cases", "test_cases", "watch_cases")},
                "val_dice": trainer.val_dice, "final_train_loss": trainer.final_loss(),
-               "watch_cases": [c.case_id for c in watch],
-               "arch": args.arch, "encoder": init_info["encoder"], "init": init_info, "fraction": args.fraction,
-               "label_seed": args.label_seed, "seed": args.seed, "flip_axes": list(resolve_flip_axes(args)),
-               "steps": total, "params": models.count_parameters(model),
-               "identity": folder.identity, "args": vars(args), "commit": provenance["commit"],
-               "dirty": provenance["dirty"], "argv": provenance["argv"], "machine": provenance["machine"],
-               "device": str(device), "train_time_s": round(train_time, 2), "eval_time_s": round(eval_time, 2),
-               "wall_time_s": round(train_time + eval_time, 2)}
+               "arch": args.arch, "encoder": setup.init_info["encoder"], "init": setup.init_info, "fraction": args.fraction,
+               "label_seed": args.label_seed, "seed": args.seed, "flip_axes": list(inference.flip_axes),
+               "inference": inference.to_dict(), "steps": args.steps, "params": models.count_parameters(model),
+               "identity": folder.identity, "args": vars(args), "commit": prov["commit"], "dirty": prov["dirty"],
+               "argv": prov["argv"], "machine": prov["machine"], "device": str(device),
+               "train_time_s": round(done["train_time"], 2), "eval_time_s": round(eval_time, 2),
+               "wall_time_s": round(done["train_time"] + eval_time, 2)}
     folder.write_result(clean(metrics))
-    per_class = ", ".join(f"{class_name(class_names, k)} {v:.4f}" for k, v in summary["dice_per_class"].items())
+    per_class = ", ".join(f"{board.class_name(class_names, k)} {v:.4f}" for k, v in summary["dice_per_class"].items())
     print(f"done: mean test Dice {summary['mean_dice']:.4f} ({per_class}), mean HD95 {summary['mean_hd95']:.2f} mm "
-          f"over {len(test_cases)} test cases; {metrics['wall_time_s']:.0f} s -> {folder.path / METRICS}", flush=True)
+          f"over {len(cases.test)} test cases; {metrics['wall_time_s']:.0f} s -> {folder.path / METRICS}", flush=True)
     return engine.read_json(folder.path / METRICS)
 
 

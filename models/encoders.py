@@ -6,13 +6,14 @@ what it returns: `.channels[i]` and `.reductions[i]` (stride vs the input) of fe
 `create_encoder(enc.name, **enc.config)` rebuilds the same architecture (see checkpoint.py).
 """
 import os
-from functools import lru_cache, partial
+from functools import lru_cache
 
 import timm
 import torch
 from torch import nn
 
 from .layers import DoubleConv
+from .registry import Registry
 
 
 class Encoder(nn.Module):
@@ -121,16 +122,41 @@ def check_timm_weights_file(model_name, path):
                          f"missing {len(missing)} {missing[:8]}, unexpected {len(unexpected)} {unexpected[:8]}")
 
 
-# Registered names; any other timm model name also works (optionally written 'timm:NAME').
-ENCODERS = {
-    "unet_tiny": partial(UNetEncoder, base_width=8),
-    "unet_small": partial(UNetEncoder, base_width=16),
-    "unet": partial(UNetEncoder, base_width=64),
-    "resnet18": partial(TimmEncoder, "resnet18"),
-    "resnet34": partial(TimmEncoder, "resnet34"),
-    "resnet50": partial(TimmEncoder, "resnet50"),
-    "efficientnet_b0": partial(TimmEncoder, "efficientnet_b0"),
-}
+# The registered encoders (``python -m models list``); any other timm model name also works (optionally
+# written 'timm:NAME').
+ENCODERS = Registry("encoder")
+
+
+@ENCODERS.register
+def unet_tiny(**kwargs) -> Encoder:
+    """The classic U-Net encoder at base width 8 (0.49 M parameters in a U-Net; the quick CPU profile)."""
+    return UNetEncoder(**{"base_width": 8, **kwargs})
+
+
+@ENCODERS.register
+def unet_small(**kwargs) -> Encoder:
+    """The classic U-Net encoder at base width 16."""
+    return UNetEncoder(**{"base_width": 16, **kwargs})
+
+
+@ENCODERS.register
+def unet(**kwargs) -> Encoder:
+    """The classic U-Net encoder at the paper's base width, 64."""
+    return UNetEncoder(**{"base_width": 64, **kwargs})
+
+
+def timm_encoder(model_name: str):
+    """A factory of timm's ``model_name`` as a feature extractor (its ``timm_name`` says which)."""
+    def factory(**kwargs) -> Encoder:
+        return TimmEncoder(model_name, **kwargs)
+    factory.__name__ = factory.__qualname__ = model_name
+    factory.__doc__ = f"timm's {model_name}, features_only."
+    factory.timm_name = model_name
+    return factory
+
+
+for _name in ("resnet18", "resnet34", "resnet50", "efficientnet_b0"):
+    ENCODERS.register(timm_encoder(_name))
 
 
 def list_encoders():
@@ -138,15 +164,24 @@ def list_encoders():
     return list(ENCODERS)
 
 
+def encoder_factory(name: str):
+    """(registry name, factory) of ``name``: a registered encoder, or a timm model (``NAME`` or ``timm:NAME``)."""
+    if name in ENCODERS:
+        return name, ENCODERS[name]
+    timm_name = name[len("timm:"):] if name.startswith("timm:") else name
+    if timm.is_model(timm_name):
+        return timm_name, timm_encoder(timm_name)
+    raise ValueError(f"unknown encoder {name!r}: expected one of {list_encoders()} "
+                     "or a timm model name that supports features_only")
+
+
 def check_imagenet_weights(name, path):
     """Raise (ValueError / FileNotFoundError, naming the file) unless `path` is a weights file for the timm
     encoder `name` (``create_encoder(name, pretrained_file=path)`` would load it); U-Net encoders have none."""
-    factory = ENCODERS.get(name)
-    timm_name = name[len("timm:"):] if name.startswith("timm:") else name
-    if factory is not None and factory.func is not TimmEncoder:
+    _, factory = encoder_factory(name)
+    if not hasattr(factory, "timm_name"):
         raise ValueError(f"encoder {name!r} has no ImageNet weights (--init imagenet is for timm encoders)")
-    _check_weights_once(factory.args[0] if factory is not None else timm_name, os.fspath(path),
-                        os.stat(path).st_mtime_ns if os.path.isfile(path) else 0)
+    _check_weights_once(factory.timm_name, os.fspath(path), os.stat(path).st_mtime_ns if os.path.isfile(path) else 0)
 
 
 @lru_cache(maxsize=16)
@@ -160,16 +195,9 @@ def create_encoder(name, in_chans=1, pretrained_file=None, **kwargs):
     kwargs go to the encoder class: `base_width`, `max_reduction` for U-Net encoders;
     `max_reduction` and any timm.create_model argument for timm encoders.
     """
-    timm_name = name[len("timm:"):] if name.startswith("timm:") else name
-    if name in ENCODERS:
-        factory = ENCODERS[name]
-    elif timm.is_model(timm_name):
-        name, factory = timm_name, partial(TimmEncoder, timm_name)
-    else:
-        raise ValueError(f"unknown encoder {name!r}: expected one of {list_encoders()} "
-                         "or a timm model name that supports features_only")
+    name, factory = encoder_factory(name)
     if pretrained_file is not None:
-        if factory.func is not TimmEncoder:
+        if not hasattr(factory, "timm_name"):
             raise ValueError(f"pretrained_file is for timm encoders; {name!r} has no ImageNet weights "
                              "(load a pretraining checkpoint with models.load_encoder)")
         kwargs["pretrained_file"] = pretrained_file

@@ -1,9 +1,26 @@
-"""create_segmenter: a U-Net or a TransUNet around a registered encoder."""
+"""create_segmenter: a U-Net or a TransUNet around a registered encoder; the architectures are registered
+like the encoders (``@ARCHS.register``)."""
 from .encoders import Encoder, create_encoder
+from .registry import Registry
 from .transunet import TransUNet
 from .unet import UNet
 
-ARCHS = {"unet": UNet, "transunet": TransUNet}
+ARCHS = Registry("architecture")
+
+
+@ARCHS.register
+def unet(encoder: Encoder, num_classes: int, img_size=None, **kwargs) -> UNet:
+    """U-Net (Ronneberger et al. 2015): a decoder over the encoder's features; ``img_size`` is not used."""
+    return UNet(encoder, num_classes, **kwargs)
+
+
+@ARCHS.register
+def transunet(encoder: Encoder, num_classes: int, img_size=None, **kwargs) -> TransUNet:
+    """TransUNet (Chen et al. 2021): transformer blocks over the encoder's 1/16 map, cascaded upsampler."""
+    return TransUNet(encoder, num_classes, img_size=img_size, **kwargs)
+
+
+transunet.encoder_kwargs = {"max_reduction": 16}  # deeper encoder levels are not used (as in the paper)
 
 
 def create_segmenter(arch, encoder, num_classes, in_chans=1, img_size=None, **kwargs):
@@ -17,13 +34,12 @@ def create_segmenter(arch, encoder, num_classes, in_chans=1, img_size=None, **kw
     ignores `img_size`. `create_segmenter("transunet", "resnet50", 9, in_chans=3, img_size=224)`
     is the paper's R50-ViT-B/16.
     """
-    if arch not in ARCHS:
-        raise ValueError(f"arch={arch!r}: expected one of {list(ARCHS)}")
+    factory = ARCHS.lookup(arch)
     encoder_kwargs = dict(kwargs.pop("encoder_kwargs", None) or {})
     pretrained_file = kwargs.pop("pretrained_file", None)
     if isinstance(encoder, str):
-        if arch == "transunet":
-            encoder_kwargs.setdefault("max_reduction", 16)
+        for k, v in getattr(factory, "encoder_kwargs", {}).items():
+            encoder_kwargs.setdefault(k, v)
         encoder = create_encoder(encoder, in_chans=in_chans, pretrained_file=pretrained_file, **encoder_kwargs)
     elif not isinstance(encoder, Encoder):
         raise ValueError(f"encoder={encoder!r}: expected a registry name or a models.Encoder")
@@ -32,6 +48,4 @@ def create_segmenter(arch, encoder, num_classes, in_chans=1, img_size=None, **kw
     elif encoder.config.get("in_chans") != in_chans:
         raise ValueError(f"in_chans={in_chans} but encoder {encoder.name!r} was built for "
                          f"in_chans={encoder.config.get('in_chans')}")
-    if arch == "transunet":
-        return TransUNet(encoder, num_classes, img_size=img_size, **kwargs)
-    return UNet(encoder, num_classes, **kwargs)
+    return factory(encoder, num_classes, img_size=img_size, **kwargs)

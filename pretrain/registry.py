@@ -23,7 +23,9 @@ The protocol a task follows (see :class:`PretextTask`):
   ``(segmenter, its constructor options)`` from ``network()``, which the trainer writes to
   ``network.pt`` (every weight but the output layer).
 
-Adding a task: write ``pretrain/tasks/NAME.py`` with a ``@register``-ed subclass, and its test.
+Adding a task: write ``pretrain/tasks/NAME.py`` with a ``@TASKS.register``-ed subclass (the registry
+idiom of the encoders and architectures, ``models.Registry``), import it in ``pretrain/tasks/__init__.py``,
+and write its test.
 The CLI choices and options, the experiment config checks and the docs come from :data:`TASKS`.
 """
 from __future__ import annotations
@@ -32,7 +34,8 @@ import argparse
 
 from torch import nn
 
-TASKS: dict[str, type["PretextTask"]] = {}
+from models import Registry
+
 
 
 class PretextTask:
@@ -67,14 +70,13 @@ class PretextTask:
         return None
 
 
-def register(cls: type[PretextTask]) -> type[PretextTask]:
-    """Class decorator: add a task to :data:`TASKS` under ``cls.name``."""
-    if not cls.name or not cls.summary:
-        raise ValueError(f"pretext task {cls.__name__} needs a name and a summary")
-    if cls.name in TASKS and TASKS[cls.name] is not cls:
-        raise ValueError(f"two pretext tasks are called {cls.name!r}: {TASKS[cls.name].__name__} and {cls.__name__}")
-    TASKS[cls.name] = cls
-    return cls
+def check_task(cls) -> None:
+    """A registered task is a :class:`PretextTask` with a name and a summary."""
+    if not (isinstance(cls, type) and issubclass(cls, PretextTask)) or not cls.name or not cls.summary:
+        raise ValueError(f"pretext task {getattr(cls, '__name__', cls)} needs to be a PretextTask with a name and a summary")
+
+
+TASKS = Registry("pretext task", check=check_task)
 
 
 def task_options(name: str) -> list[str]:

@@ -139,9 +139,9 @@ def probe_sets_of(args):
 class PretextTrainer(engine.Trainer):
     """The pretraining step: a pretext task's forward pass, its loss and accuracy, and view previews."""
 
-    def __init__(self, task, net, dataset, sampler, args, device, writer):
+    def __init__(self, task, net, dataset, sampler, args, device, writer, probe=None, total: int = 0):
         self.task, self.net, self.dataset, self.sampler, self.args = task, net, dataset, sampler, args
-        self.device, self.writer = device, writer
+        self.device, self.writer, self.probe, self.total = device, writer, probe, total
 
     def batches(self, start, total):
         return engine.make_loader(self.dataset, self.sampler.set_range(start, total), self.args.batch_size,
@@ -151,8 +151,14 @@ class PretextTrainer(engine.Trainer):
         return self.net(batch)
 
     def after_step(self, step, batch, out, logged, epoch_start):
-        if self.writer is not None and logged and epoch_start:  # views come from the batch: a preview draws nothing
+        if self.writer is None:
+            return
+        if logged and epoch_start:  # views come from the batch: a preview draws nothing
             self.writer.add_images(f"pretrain/{self.args.task}/views", self.task.preview(batch).float().cpu(), step)
+        if self.probe is not None and step % self.sampler.batches_per_epoch == 0 and step < self.total:
+            # the k-NN probe at each epoch's end (on a copy of the encoder: it changes nothing and draws nothing)
+            self.writer.add_scalar("encoder/knn_accuracy", knn_accuracy(self.task.model.encoder, *self.probe, self.device),
+                                   step)
 
 
 def run(args) -> dict:
@@ -210,13 +216,15 @@ def train(args, folder: engine.RunFolder, device: torch.device, rank: int, world
         if world > 1 else model
     writer = engine.tensorboard_writer(folder.path, purge_step=state.step) if main_proc else None
     if writer is not None and state.step == 0:
-        engine.write_run_text(writer, "pretrain", vars(args), provenance, {"identity": folder.identity, "steps_total": total})
+        engine.write_run_text(writer, "pretrain", vars(args), provenance, {"identity": folder.identity, "steps_total": total},
+                              first=("task", "encoder", "arch", "seed", "epochs", "steps"))
+        writer.add_scalar("pretrain/chance", task.chance, 0)
         if (folder.config() or {}).get("knn_accuracy_start") is not None:
             writer.add_scalar("encoder/knn_accuracy", folder.config()["knn_accuracy_start"], 0)
     settings = engine.loop_settings(args, total, per_epoch, args.batch_size * world, args.lr, args.warmup_fraction,
                                     checkpoint_each_epoch=True, log_epoch_start=True, tb_prefix="pretrain/",
                                     desc=f"pretrain {args.task}")
-    trainer = PretextTrainer(task, net, dataset, sampler, args, device, writer)
+    trainer = PretextTrainer(task, net, dataset, sampler, args, device, writer, probe, total)
     try:
         stopped = engine.fit(folder, state, trainer, device, settings, log, writer, main=main_proc)
         if stopped:
@@ -234,13 +242,26 @@ def train(args, folder: engine.RunFolder, device: torch.device, rank: int, world
             writer.close()
 
 
-def task_hparams(args) -> dict:
-    """The settings that describe a pretraining run in TensorBoard's HPARAMS: the shared ones and the task's own."""
+def task_hparams(args, steps: int) -> dict:
+    """The settings that describe a pretraining run in TensorBoard's HPARAMS. The leading columns are the ones a
+    fine-tuning run fills too (finetune.board.hparams; TensorBoard draws a run in its default view only when the
+    first columns are filled): ``init`` is the task (the init this run makes), ``label_fraction`` says no labels.
+    The task's own options follow as ``task.OPTION``, after every shared column in name order."""
     group = argparse.ArgumentParser(add_help=False).add_argument_group()
     TASKS[args.task].add_args(group)
-    own = {a.dest: getattr(args, a.dest) for a in group._group_actions}
-    shared = {k: getattr(args, k) for k in ("task", "encoder", "epochs", "steps", "batch_size", "lr", "seed")}
+    own = {f"task.{a.dest}": getattr(args, a.dest) for a in group._group_actions}
+    shared = {"kind": "pretraining", "init": args.task, "arch": getattr(args, "arch", None) or "-",
+              "encoder": args.encoder, "label_fraction": "0% (no labels)", "label_seed": "-", "seed": args.seed,
+              "steps": steps, "batch_size": args.batch_size, "lr": args.lr}
     return {k: (" ".join(map(str, v)) if isinstance(v, (list, tuple)) else v) for k, v in {**shared, **own}.items()}
+
+
+HEADLINE_CHARTS = {  # CUSTOM SCALARS: one metric of every pretraining run per chart
+    "pretext score, with each task's chance level": ["pretrain/accuracy$", "pretrain/chance"],
+    "pretext score over the last epoch (the table's number)": ["pretrain/accuracy_last_epoch"],
+    "pretext loss": ["pretrain/loss"],
+    "k-NN probe of the encoder, each epoch": ["encoder/knn_accuracy"],
+}
 
 
 def write_outputs(args, folder, task, encoder, case_ids, summary, probe, device, provenance, writer) -> None:
@@ -259,10 +280,10 @@ def write_outputs(args, folder, task, encoder, case_ids, summary, probe, device,
         if summary["knn_accuracy"] is not None:
             writer.add_scalar("encoder/knn_accuracy", summary["knn_accuracy"], summary["step"])
             write_embedding(writer, encoder, probe, device, summary["step"])
-        engine.write_hparams(writer, task_hparams(args))
-        engine.write_layout(writer, {"pretext accuracy": ["pretrain/accuracy"], "pretext loss": ["pretrain/loss"],
-                                     "k-NN probe of the encoder": ["encoder/knn_accuracy"]},
-                            category="pretraining: every run")
+        writer.add_scalar("pretrain/accuracy_last_epoch", summary["final_accuracy"] or 0.0, summary["step"])
+        writer.add_scalar("pretrain/chance", task.chance, summary["step"])
+        engine.write_hparams(writer, task_hparams(args, summary["step"]))
+        engine.write_layout(writer, HEADLINE_CHARTS, category="pretraining: every run")
     folder.write_result(summary)
     knn = (f"; k-NN probe {summary['knn_accuracy_start']:.3f} -> {summary['knn_accuracy']:.3f}"
            if summary["knn_accuracy"] is not None and summary["knn_accuracy_start"] is not None else "")

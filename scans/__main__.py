@@ -118,7 +118,7 @@ def main(argv=None) -> int:
             sizes = {k: len(v) for k, v in s["label_fractions"][str(args.seeds[0])].items()}
             print(f"wrote {args.out}: {len(s['test'])} test cases, {len(s['train_pool'])} in the training pool "
                   f"({s['subjects']} subjects, none on both sides); label seed {args.seeds[0]} fraction sizes {sizes}")
-    except (ScanError, ValueError) as e:
+    except ValueError as e:  # ScanError is one
         print(f"error: {e}", file=sys.stderr)
         return 2
     return 0

@@ -3,15 +3,13 @@ import json
 import os
 import signal
 import subprocess
-import sys
-import textwrap
-import time
 
 import pytest
 import torch
 
 import engine
 from atomicio import atomic_path, write_json, write_text
+from helpers import hold_folder
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -100,23 +98,11 @@ def test_every_reporting_option_is_outside_the_identity_and_the_device_enters_as
 
 # ---------------------------------------------------------------- run folder: one writer, identity
 
-HOLD = textwrap.dedent("""
-    import sys, time, engine
-    f = engine.RunFolder(sys.argv[1], {"lr": 0.1}, "result.json").claim()
-    print("locked", flush=True)
-    time.sleep(600)
-""")
-
-
-def _holder(path):
-    proc = subprocess.Popen([sys.executable, "-c", HOLD, str(path)], cwd=ROOT, stdout=subprocess.PIPE, text=True)
-    assert proc.stdout.readline().strip() == "locked"  # blocks until the lock is held, however slow the machine
-    return proc
 
 
 def test_second_process_is_refused_with_the_holders_pid_and_kill_9_frees_the_folder(tmp_path):
     run = tmp_path / "run"
-    holder = _holder(run)
+    holder = hold_folder(run)
     try:
         assert engine.lock_holder(run) == holder.pid
         with pytest.raises(engine.RunBusy, match=f"in use by process {holder.pid}"):

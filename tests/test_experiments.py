@@ -2,11 +2,9 @@
 import csv
 import json
 import re
-import subprocess
-import sys
+from pathlib import Path
 
 import pytest
-import yaml
 from PIL import Image
 
 from engine import ConfigError
@@ -14,23 +12,12 @@ from experiments import load_config
 from experiments.__main__ import main as experiments_main
 from experiments.grid import finetune_runs, pretrain_runs
 from experiments.reproduce import plan
+from experiments.state import run_state
+from helpers import hold_folder, write_config
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
-def write_config(tmp_path, data, **over):
-    cfg = {
-        "data": str(data), "split": {"test_fraction": 0.34, "seed": 0},
-        "encoder": "unet_tiny", "tasks": ["simclr"], "inits": ["random", "simclr"],
-        "archs": ["unet", "transunet"], "fractions": [0.5, 1.0], "label_seeds": [0], "train_seeds": [0], "device": "cpu",
-        "runs_dir": str(tmp_path / "runs" / "tiny"), "results_dir": str(tmp_path / "results" / "tiny"),
-        "cpus_per_job": 1, "timeout_min": 10,
-        "pretrain": {"epochs": 1, "batch_size": 8, "args": {"steps": 2}},
-        "finetune": {"steps": {0.5: 2, 1.0: 3}, "batch_size": 8, "args": {"max_test_cases": 2, "eval_every": 1}},
-        "embeddings": {"slices": 16},
-        **over,
-    }
-    path = tmp_path / "tiny.yaml"
-    path.write_text(yaml.safe_dump(cfg))
-    return path
 
 
 def test_config_checks_keys_and_drops_imagenet_without_weights(tmp_path, small_msd):
@@ -116,25 +103,40 @@ def test_pretraining_seeds_budgets_whole_network_tasks_and_init_recipes(tmp_path
             load_config(write_config(tmp_path, small_msd, **bad))
 
 
-def test_tiny_reproduction_end_to_end_and_idempotent(tmp_path, small_msd, capsys):
-    path = write_config(tmp_path, small_msd, label_seeds={0.5: [0, 1], 1.0: [0]})
+@pytest.fixture(scope="module")
+def tiny_grid(tmp_path_factory):
+    """A tiny grid (SimCLR and random init, U-Net and TransUNet, 50% and 100%) reproduced once through submitit's
+    local executor: (config path, its folder)."""
+    tmp = tmp_path_factory.mktemp("grid")
+    data = tmp / "msd_small"
+    for sub in ("imagesTr", "labelsTr"):
+        (data / sub).mkdir(parents=True)
+        for f in sorted((ROOT / "data" / "msd_hippocampus" / sub).glob("*.nii.gz"))[:6]:
+            (data / sub / f.name).symlink_to(f)
+    path = write_config(tmp, data, label_seeds={0.5: [0, 1], 1.0: [0]})
     assert experiments_main(["reproduce", "--config", str(path), "--executor", "local"]) == 0
-    res = tmp_path / "results" / "tiny"
+    return path, tmp
+
+
+def test_a_grid_writes_its_table_from_paired_replicates(tiny_grid):
+    _, tmp = tiny_grid
+    res = tmp / "results" / "tiny"
     for name in ("table.md", "table.csv", "transfer_curve.png", "runs.jsonl", "splits.json"):
         assert (res / name).stat().st_size > 0, name
     rows = list(csv.DictReader(open(res / "table.csv")))
     assert list(rows[0]) == ["arch", "init", "fraction", "n", "mean_dice", "sd", "delta_vs_random", "ci95_low",
                              "ci95_high", "collapsed", "n_paired", "pretrain_seeds"]
-    assert len(rows) == 2 * 2 * 2 and all(0 <= float(r["mean_dice"]) <= 1 for r in rows)
+    assert len(rows) == 2 * 2 * 2
     assert {r["init"] for r in rows} == {"random", "simclr"} and {r["arch"] for r in rows} == {"unet", "transunet"}
     half = {(r["arch"], r["init"]): r for r in rows if r["fraction"] == "0.5"}
     assert all(r["n"] == "2" and r["sd"] for r in half.values())
     s = half[("unet", "simclr")]
-    assert float(s["ci95_low"]) <= float(s["delta_vs_random"]) <= float(s["ci95_high"])
-    records = [json.loads(l) for l in (res / "runs.jsonl").read_text().splitlines()]
-    by = {(r["arch"], r["init"], r["label_seed"]): r["mean_dice"] for r in records if r["kind"] == "finetune" and r["fraction"] == 0.5}
+    assert float(s["ci95_low"]) <= float(s["delta_vs_random"]) <= float(s["ci95_high"]) and s["pretrain_seeds"] == "1"
+    records = [json.loads(line) for line in (res / "runs.jsonl").read_text().splitlines()]
+    by = {(r["arch"], r["init"], r["label_seed"]): r["mean_dice"] for r in records
+          if r["kind"] == "finetune" and r["fraction"] == 0.5}
     assert float(s["delta_vs_random"]) == pytest.approx(
-        sum(by[("unet", "simclr", l)] - by[("unet", "random", l)] for l in (0, 1)) / 2, abs=1e-4)
+        sum(by[("unet", "simclr", seed)] - by[("unet", "random", seed)] for seed in (0, 1)) / 2, abs=1e-4)
     assert not half[("unet", "random")]["delta_vs_random"] and s["n_paired"] == "2"
     whole = {(r["arch"], r["init"]): r for r in rows if r["fraction"] == "1.0"}
     assert whole[("unet", "simclr")]["delta_vs_random"] and not whole[("unet", "simclr")]["ci95_low"]  # 1 replicate
@@ -143,40 +145,53 @@ def test_tiny_reproduction_end_to_end_and_idempotent(tmp_path, small_msd, capsys
     assert "## What this shows" in md and "## What it does not show" in md and "## Encoders" in md
     with Image.open(res / "transfer_curve.png") as im:
         assert im.size[0] > 400
+
+
+def test_every_record_names_its_cell_its_encoder_and_where_it_came_from(tiny_grid):
+    _, tmp = tiny_grid
+    res = tmp / "results" / "tiny"
+    records = [json.loads(line) for line in (res / "runs.jsonl").read_text().splitlines()]
     ft = [r for r in records if r["kind"] == "finetune"]
     assert len(ft) == 12 and len(records) == 13
     assert all("label_seed" in r and "seed" in r and "collapsed" in r and len(r["cases"]) == 2 for r in ft)
+    assert {r["pretrain_seed"] for r in ft if r["init"] == "simclr"} == {0}
+    assert {r["pretrain_seed"] for r in ft if r["init"] == "random"} == {None}
     split = json.loads((res / "splits.json").read_text())
     for r in ft:
         assert r["commit"] and r["wall_time_s"] > 0 and r["train_cases"] and not set(r["train_cases"]) & set(split["test"])
-    runs = tmp_path / "runs" / "tiny"
+    runs = tmp / "runs" / "tiny"
     assert list((runs / "unet" / "random" / "frac0.5" / "L1_S0").glob("events.out.tfevents*"))
-    assert list((tmp_path / "runs" / "pretrain" / "simclr").glob("unet_tiny_s0_*/events.out.tfevents*"))
+    assert list((tmp / "runs" / "pretrain" / "simclr").glob("unet_tiny_s0_*/events.out.tfevents*"))
     assert (runs / "embeddings" / "projector_config.pbtxt").is_file()
+
+
+def test_the_same_command_again_only_collects_and_records_rebuild_the_table(tiny_grid, capsys):
+    path, tmp = tiny_grid
+    res = tmp / "results" / "tiny"
     before = (res / "table.csv").read_bytes()
     capsys.readouterr()
     assert experiments_main(["reproduce", "--config", str(path), "--executor", "local"]) == 0
-    out = capsys.readouterr().out
-    assert "13 already finished, 0 running elsewhere, 0 to run" in out
+    assert "13 already finished, 0 running elsewhere, 0 to run" in capsys.readouterr().out
     assert (res / "table.csv").read_bytes() == before
     records = (res / "runs.jsonl").read_bytes()  # the same table from the records alone, which stay as they are
     assert experiments_main(["collect", "--config", str(path), "--records", str(res / "runs.jsonl")]) == 0
     assert (res / "table.csv").read_bytes() == before and (res / "runs.jsonl").read_bytes() == records
     assert "recomputed from those records (no run re-run)" in (res / "table.md").read_text()
-    bad = tmp_path / "bad" / "runs.jsonl"
-    bad.parent.mkdir()
+    bad = tmp / "bad" / "runs.jsonl"
+    bad.parent.mkdir(exist_ok=True)
     bad.write_text('{"kind": "finetune"}\nnot json\n')
     capsys.readouterr()
     assert experiments_main(["collect", "--config", str(path), "--records", str(bad)]) == 2
     assert f"{bad}:2: not a JSON record" in capsys.readouterr().err
+
+
+def test_status_shows_each_run_and_a_run_held_elsewhere_is_left_to_it(tiny_grid, capsys):
+    path, tmp = tiny_grid
+    capsys.readouterr()
     assert experiments_main(["status", "--config", str(path)]) == 0
     assert "13 done" in capsys.readouterr().out
-
-    # a run another process works on is shown as running and left alone
-    holder = subprocess.Popen([sys.executable, "-c", HOLD, str(runs / "unet" / "random" / "frac1" / "L0_S0")],
-                              stdout=subprocess.PIPE, text=True)
+    holder = hold_folder(tmp / "runs" / "tiny" / "unet" / "random" / "frac1" / "L0_S0")
     try:
-        assert holder.stdout.readline().strip() == "locked"
         assert experiments_main(["status", "--config", str(path)]) == 0
         assert re.search(rf"unet/random/frac1/L0_S0 +running +process {holder.pid}", capsys.readouterr().out)
         _, todo, elsewhere = plan(load_config(path))
@@ -185,26 +200,21 @@ def test_tiny_reproduction_end_to_end_and_idempotent(tmp_path, small_msd, capsys
         holder.kill()
         holder.wait()
 
-    # a changed pretext setting: another encoder (its own folder) and every fine-tuning run on it is stale,
-    # by the trainers' own rule (the --init file changed); the random-init runs stay done
-    changed = write_config(tmp_path, small_msd, label_seeds={0.5: [0, 1], 1.0: [0]},
-                           pretrain={"epochs": 1, "batch_size": 8, "args": {"steps": 2},
-                                     "task_args": {"simclr": {"temperature": 0.5}}})
-    capsys.readouterr()
-    _, todo, _ = plan(load_config(changed))
-    assert sorted(r.key for r in todo) == ["pretrain/simclr/P0"] + sorted(
+
+def test_a_changed_pretext_setting_makes_every_run_on_its_encoder_stale(tiny_grid):
+    """Another encoder (a new folder of its own), and every fine-tuning run on it holds other settings by the
+    trainers' own rule (its --init file changed), which reproduce moves aside and runs again; the random-init
+    runs stay done. (The states are read, not acted on: the shared grid stays as it is.)"""
+    path, tmp = tiny_grid
+    changed = load_config(write_config(tmp, tmp / "msd_small", "changed.yaml", name="tiny", label_seeds={0.5: [0, 1], 1.0: [0]},
+                                       pretrain={"epochs": 1, "batch_size": 8, "args": {"steps": 2},
+                                                 "task_args": {"simclr": {"temperature": 0.5}}}))
+    states = {r.key: run_state(r) for r in pretrain_runs(changed) + finetune_runs(changed)}
+    assert states.pop("pretrain/simclr/P0") == "new"
+    assert {k for k, v in states.items() if v == "other"} == {
         f"{a}/simclr/{f}/{rep}" for a in ("transunet", "unet") for f, rep in
-        (("frac0.5", "L0_S0_P0"), ("frac0.5", "L1_S0_P0"), ("frac1", "L0_S0_P0")))
-    assert capsys.readouterr().out.count("holds a run with other settings; moved to") == 6
-
-
-# another process working on a run folder: it holds the folder's lock, as engine.RunFolder.claim does
-HOLD = """import fcntl, os, sys, time
-f = open(os.path.join(sys.argv[1], ".lock"), "a+")
-fcntl.flock(f, fcntl.LOCK_EX)
-f.truncate(0); f.write(str(os.getpid())); f.flush()
-print("locked", flush=True)
-time.sleep(600)"""
+        (("frac0.5", "L0_S0_P0"), ("frac0.5", "L1_S0_P0"), ("frac1", "L0_S0_P0"))}
+    assert {v for k, v in states.items() if "/random/" in k} == {"done"}
 
 
 def test_a_grid_that_asks_for_a_missing_gpu_stops_before_starting_anything(tmp_path, small_msd, capsys, monkeypatch):

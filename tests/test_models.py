@@ -49,8 +49,16 @@ def test_unet_encoder_widths_and_timm_truncation():
 def test_unknown_encoder_and_arch_are_errors():
     with pytest.raises(ValueError, match="'nosuch'.*unet_tiny.*resnet18"):
         models.create_encoder("nosuch")
-    with pytest.raises(ValueError, match="arch='fcn'"):
+    with pytest.raises(ValueError, match=r"unknown architecture 'fcn': expected one of \['transunet', 'unet'\]"):
         models.create_segmenter("fcn", "unet_tiny", 2)
+    # one registry idiom: encoders, architectures and pretext tasks are factories added with @REGISTRY.register
+    registry = models.Registry("widget")
+    @registry.register
+    def gear(**kw):
+        return kw
+    assert registry.lookup("gear") is gear and registry.names() == ["gear"]
+    with pytest.raises(ValueError, match="two widgets are called 'gear'"):
+        registry.register(lambda: None, name="gear")
     enc = models.create_encoder("timm:regnetx_002")  # any timm model with features_only
     assert enc.name == "regnetx_002" and len(enc.channels) == len(enc.reductions)
 

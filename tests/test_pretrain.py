@@ -4,21 +4,18 @@ import os
 import signal
 import subprocess
 import sys
-import socket
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 
-import engine
 import models
 import pretrain
 import scans
 from atomicio import write_json
-from helpers import changed_value, fingerprint, identity_actions, refused_names
+from helpers import changed_value, fingerprint, identity_actions, reference_ntxent, refused_names, torchrun
 from pretrain.tasks import jigsaw, rotation, simclr
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -30,12 +27,6 @@ def split_file(tmp_path_factory, data_dir):
     ids = [c.case_id for c in scans.find_cases(data_dir)]
     write_json(path, scans.make_splits(ids, 0.2, 0, (0.1, 1.0), (0,)))
     return path
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def pretrain_args(task, out, split, *extra):
@@ -142,17 +133,6 @@ def test_gaussian_blur_matches_single_sample_blur():
 
 # ---------------------------------------------------------------- losses
 
-def reference_ntxent(z0, z1, t, rows=None):
-    """Slow, obviously-correct NT-Xent over a global batch; mean over ``rows`` of the 2N rows."""
-    z = F.normalize(torch.cat([z0, z1]), dim=1)
-    n = len(z0)
-    losses = []
-    for i in range(2 * n):
-        pos = i + n if i < n else i - n
-        sims = torch.stack([z[i] @ z[k] / t for k in range(2 * n) if k != i])
-        losses.append(-(z[i] @ z[pos] / t) + torch.logsumexp(sims, 0))
-    losses = torch.stack(losses)
-    return losses.mean() if rows is None else losses[rows].mean()
 
 
 def test_ntxent_matches_reference():
@@ -180,11 +160,13 @@ def test_registry_drives_cli_config_and_docs(tmp_path):
         assert set(pretrain.task_options(name)) <= {a.dest for a in parser._actions}
     assert pretrain.task_options("simclr") == ["temperature", "proj_dim", "view_size", "min_scale", "flip_axes"]
     with pytest.raises(ValueError, match="two pretext tasks are called 'rotation'"):
-        pretrain.register(type("Other", (pretrain.PretextTask,), {"name": "rotation", "summary": "x"}))
+        pretrain.TASKS.register(type("Other", (pretrain.PretextTask,), {"name": "rotation", "summary": "x"}))
+    with pytest.raises(ValueError, match="needs to be a PretextTask with a name and a summary"):
+        pretrain.TASKS.register(type("Nameless", (pretrain.PretextTask,), {}))
 
 
 def test_a_registered_task_is_offered_everywhere():
-    @pretrain.register
+    @pretrain.TASKS.register
     class Blank(pretrain.PretextTask):
         name, paper, summary = "blank", "test", "predict nothing"
 
@@ -229,14 +211,20 @@ def test_each_task_end_to_end(task, tmp_path, split_file, capsys):
     if res["knn_accuracy"] is not None:
         assert [e.step for e in ev.Scalars("encoder/knn_accuracy")] == [0, 3]
         assert (out / "projector_config.pbtxt").is_file()
+    last = ev.Scalars("pretrain/accuracy_last_epoch")  # the table's pretext score, beside the task's chance level
+    assert len(last) == 1 and last[0].value == pytest.approx(res["final_accuracy"])
+    assert [e.value for e in ev.Scalars("pretrain/chance")] == pytest.approx([res["chance"]] * 2)  # at 0 and the end
     info = plugin_data_pb2.HParamsPluginData.FromString(
         ev.PluginTagToContent("hparams")["_hparams_/session_start_info"]).session_start_info
-    assert info.hparams["task"].string_value == task and "lr" in info.hparams
-    assert set(pretrain.task_options(task)) <= set(info.hparams)  # the task's own options are columns of its row
+    assert info.hparams["init"].string_value == task and info.hparams["kind"].string_value == "pretraining"
+    assert info.hparams["steps"].number_value == 3  # the run's real steps
+    assert {f"task.{o}" for o in pretrain.task_options(task)} <= set(info.hparams)  # its own options, as columns
     # no experiment definition: TensorBoard makes the table from every run's settings (the first
     # definition found would otherwise hide the columns of every other kind of run)
     assert "_hparams_/experiment" not in ev.PluginTagToContent("hparams")
-    assert {"run/command/text_summary", "run/config/text_summary"} <= set(ev.Tags()["tensors"])
+    assert {"run/command", "run/config"} <= set(ev.Tags()["tensors"])
+    command = ev.Tensors("run/command")[0].tensor_proto.string_val[0].decode()
+    assert command.lstrip().startswith(f"python -m pretrain --task {task} --encoder unet_tiny")  # what tells runs apart
     files = fingerprint(out)
     capsys.readouterr()
     again = pretrain.run(pretrain_args(task, out, split_file))  # finished run: nothing more to do
@@ -301,17 +289,18 @@ def test_stop_at_step_and_resume_equal_an_uninterrupted_run(task, workers, tmp_p
 
 def _cli(out, split, *extra):
     return [sys.executable, "-m", "pretrain", "--task", "rotation", "--split", str(split), "--out", str(out),
-            "--steps", "60", "--batch-size", "4", "--max-cases", "2", "--ckpt-every", "2", "--log-every", "1", *extra]
+            "--steps", "100", "--batch-size", "4", "--max-cases", "2", "--ckpt-every", "1", "--log-every", "1", *extra]
 
 
 @pytest.mark.parametrize("sig", [signal.SIGKILL])
 def test_a_signal_mid_run_then_the_same_command_resumes(sig, tmp_path, split_file):
-    """The run sleeps 0.1 s per step, so the signal lands mid-run however fast or busy the machine is.
+    """The run sleeps 1 s per step and is killed as soon as its first checkpoint is on disk, so the signal lands
+    mid-run unless this process stalls for more than a minute and a half; the resumed run does not sleep.
     (SIGTERM, SIGUSR1, SIGUSR2 and SIGINT are checked in the loop itself, test_engine, and on one rank of
     two, below; kill -9 leaves the last periodic checkpoint.)"""
     out = tmp_path / "run"
     env = {**os.environ, "NO_ALBUMENTATIONS_UPDATE": "1"}
-    proc = subprocess.Popen(_cli(out, split_file, "--sleep-per-step", "0.1"), cwd=ROOT, env=env,
+    proc = subprocess.Popen(_cli(out, split_file, "--sleep-per-step", "1"), cwd=ROOT, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     while not (out / "checkpoint.pt").exists() and proc.poll() is None:
         time.sleep(0.02)
@@ -319,13 +308,13 @@ def test_a_signal_mid_run_then_the_same_command_resumes(sig, tmp_path, split_fil
     log = proc.communicate(timeout=600)[0].decode()
     assert proc.returncode != 0, log
     ckpt = torch.load(out / "checkpoint.pt", weights_only=True)
-    assert 2 <= ckpt["step"] < 60
+    assert 1 <= ckpt["step"] < 100
     done = subprocess.run(_cli(out, split_file), cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout + done.stderr
-    assert f"resuming from {out / 'checkpoint.pt'} at step {ckpt['step']}/60" in done.stdout
-    assert json.loads((out / "summary.json").read_text())["step"] == 60
+    assert f"resuming from {out / 'checkpoint.pt'} at step {ckpt['step']}/100" in done.stdout
+    assert json.loads((out / "summary.json").read_text())["step"] == 100
     steps = [json.loads(l)["step"] for l in (out / "log.jsonl").read_text().splitlines()]
-    assert steps == list(range(1, 61))
+    assert steps == list(range(1, 101))
 
 
 def test_simclr_two_processes_gather_negatives(tmp_path):
@@ -344,11 +333,6 @@ def test_simclr_two_processes_gather_negatives(tmp_path):
 ENV = {**os.environ, "NO_ALBUMENTATIONS_UPDATE": "1", "OMP_NUM_THREADS": "1"}
 
 
-def torchrun(nproc: int, *args) -> list[str]:
-    return [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc), "--master_port",
-            str(free_port()), *args]
-
-
 def rank_processes(parent: int) -> dict[int, int]:
     """rank -> pid of the worker processes a torchrun process started (from /proc: parent pid and RANK)."""
     out = {}
@@ -365,18 +349,18 @@ def rank_processes(parent: int) -> dict[int, int]:
 
 
 def test_two_ranks_stop_together_on_a_signal_to_one_and_resume_to_the_same_encoder(tmp_path, split_file):
-    """2-rank SimCLR (gloo): SIGTERM to rank 1 alone once step 3 is logged (each step sleeps 0.3 s, so the run
-    is mid-way however busy the machine); both ranks stop at one step, one checkpoint holds both ranks' random
-    states, and running again ends bit-identical to an uninterrupted 2-rank run. A 1-process run is then
-    refused on that folder, naming the world size."""
-    base = ["-m", "pretrain", "--task", "simclr", "--split", str(split_file), "--steps", "16", "--batch-size", "4",
+    """2-rank SimCLR (gloo): SIGTERM to rank 1 alone once step 3 is logged (each step sleeps 2 s, so the signal
+    lands mid-run unless this process stalls for over a minute); both ranks stop at one step, one checkpoint
+    holds both ranks' random states, and running again ends bit-identical to an uninterrupted 2-rank run. A
+    1-process run is then refused on that folder, naming the world size."""
+    base = ["-m", "pretrain", "--task", "simclr", "--split", str(split_file), "--steps", "40", "--batch-size", "4",
             "--max-cases", "2", "--device", "cpu", "--workers", "0", "--ckpt-every", "1000"]
     ref, out = tmp_path / "ref", tmp_path / "sig"
     r = subprocess.run(torchrun(2, *base, "--out", str(ref)), cwd=ROOT, env=ENV, capture_output=True, text=True,
                        timeout=300)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     assert json.loads((ref / "summary.json").read_text())["world_size"] == 2
-    proc = subprocess.Popen(torchrun(2, *base, "--out", str(out), "--sleep-per-step", "0.3", "--log-every", "1"),
+    proc = subprocess.Popen(torchrun(2, *base, "--out", str(out), "--sleep-per-step", "2", "--log-every", "1"),
                             cwd=ROOT, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     while proc.poll() is None and len((out / "log.jsonl").read_text().splitlines() if (out / "log.jsonl").exists() else []) < 3:
         time.sleep(0.05)
@@ -385,11 +369,11 @@ def test_two_ranks_stop_together_on_a_signal_to_one_and_resume_to_the_same_encod
     os.kill(ranks[1], signal.SIGTERM)
     log = proc.communicate(timeout=300)[0].decode()
     ckpt = torch.load(out / "checkpoint.pt", weights_only=True)
-    assert 3 <= ckpt["step"] < 16 and len(ckpt["rng"]) == 2, log[-3000:]
-    assert f"stopped (SIGTERM) at step {ckpt['step']}/16" in log
+    assert 3 <= ckpt["step"] < 40 and len(ckpt["rng"]) == 2, log[-3000:]
+    assert f"stopped (SIGTERM) at step {ckpt['step']}/40" in log
     r = subprocess.run(torchrun(2, *base, "--out", str(out)), cwd=ROOT, env=ENV, capture_output=True, text=True,
                        timeout=300)
-    assert r.returncode == 0 and f"resuming from {out / 'checkpoint.pt'} at step {ckpt['step']}/16" in r.stdout, r.stderr[-2000:]
+    assert r.returncode == 0 and f"resuming from {out / 'checkpoint.pt'} at step {ckpt['step']}/40" in r.stdout, r.stderr[-2000:]
     a = torch.load(ref / "encoder.pt", weights_only=True)["state_dict"]
     b = torch.load(out / "encoder.pt", weights_only=True)["state_dict"]
     assert all(torch.equal(a[k], b[k]) for k in a)
@@ -425,7 +409,7 @@ DDP_CHECK = r'''
 import json, sys
 import torch, torch.distributed as dist
 sys.path.insert(0, "tests")
-from test_pretrain import reference_ntxent
+from helpers import reference_ntxent
 import models
 from pretrain.tasks.simclr import SimCLRModel
 dist.init_process_group("gloo")

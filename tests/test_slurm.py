@@ -7,6 +7,7 @@ No wait assumes a speed: a wait fails only when nothing has moved (job state, lo
 for STALL seconds, and the time-limited job sleeps 0.5 s per step for longer than SLURM may take
 to send its warning, so the warning always lands while it trains, however fast or busy the machine is.
 """
+import csv
 import json
 import os
 import re
@@ -19,6 +20,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from helpers import write_config
 from slurm import collector_profile, load_profile, pretrain_world_size
 from slurm.profiles import slurm_parameters
 
@@ -147,8 +149,6 @@ def test_slurm_submit_finetune(finetune_job, tmp_path, split):
 
 @needs_cluster
 def test_slurm_grid_pretrain_finetune_collect(slurm_cluster, tmp_path, small_msd):
-    sys.path.insert(0, str(ROOT / "tests"))
-    from test_experiments import write_config
     cfg = write_config(tmp_path, small_msd, archs=["unet"])
     r = subprocess.run([sys.executable, "-m", "experiments", "reproduce", "--config", str(cfg), "--executor", "slurm",
                         "--profile", str(PROFILE)], cwd=ROOT, capture_output=True, text=True, timeout=300)
@@ -168,7 +168,9 @@ def test_slurm_grid_pretrain_finetune_collect(slurm_cluster, tmp_path, small_msd
     assert (res / "table.csv").is_file(), Path(registry["collect"]["stderr"]).read_text()[-2000:]
     runs = [json.loads(l) for l in (res / "runs.jsonl").read_text().splitlines()]
     assert len([x for x in runs if x["kind"] == "finetune"]) == 4
-    assert all(0 <= x["mean_dice"] <= 1 for x in runs if x["kind"] == "finetune")
+    table = {(r["arch"], r["init"], float(r["fraction"])): r for r in csv.DictReader(open(res / "table.csv"))}
+    for x in (x for x in runs if x["kind"] == "finetune" and x["init"] == "random" and x["fraction"] == 1.0):
+        assert float(table[("unet", "random", 1.0)]["mean_dice"]) == pytest.approx(x["mean_dice"], abs=1e-4)
     st = subprocess.run([sys.executable, "-m", "experiments", "status", "--config", str(cfg)], cwd=ROOT,
                         capture_output=True, text=True, timeout=300)
     assert "5 done" in st.stdout, st.stdout

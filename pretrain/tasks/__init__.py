@@ -1,6 +1,4 @@
-"""Pretext tasks, one module each; importing this package registers every module's task."""
-import importlib
-import pkgutil
+"""Pretext tasks, one module each; importing this package registers every task (``@TASKS.register``)."""
+from . import jigsaw, restore, rotation, simclr  # noqa: F401
 
-for _module in pkgutil.iter_modules(__path__):
-    importlib.import_module(f"{__name__}.{_module.name}")
+__all__ = ["jigsaw", "restore", "rotation", "simclr"]

@@ -17,7 +17,7 @@ from torch import nn
 
 from models import JigsawHead, jigsaw_permutations, pooled_features
 
-from ..registry import PretextTask, register
+from ..registry import TASKS, PretextTask
 from ..views import accuracy, content, random_square, resize
 
 GRID = 3
@@ -85,7 +85,7 @@ class JigsawModel(nn.Module):
         return (t - lo) / (hi - lo + 1e-5)
 
 
-@register
+@TASKS.register
 class Jigsaw(PretextTask):
     name = "jigsaw"
     paper = "Noroozi and Favaro 2016, arXiv:1603.09246"

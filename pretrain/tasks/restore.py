@@ -28,11 +28,8 @@ from torch import nn
 
 import models
 
-from ..registry import PretextTask, register
+from ..registry import TASKS, PretextTask
 from ..views import content
-
-ARCHS = ("unet", "transunet")
-
 
 def bezier_curve(rng: np.random.Generator, points: int = 256) -> tuple[np.ndarray, np.ndarray]:
     """A random cubic Bezier from (0, 0) to (1, 1): (x, y) sampled at ``points`` values, x increasing."""
@@ -163,7 +160,7 @@ class RestoreModel(nn.Module):
         return torch.stack([x[:8], y[:8]], 1).flatten(0, 1).clamp(0, 1)
 
 
-@register
+@TASKS.register
 class Restore(PretextTask):
     name = "restore"
     paper = "Zhou et al. 2019/2021 (Models Genesis), arXiv:2004.07882; masked blocks: Tian et al. 2023, arXiv:2301.03580"
@@ -173,7 +170,7 @@ class Restore(PretextTask):
 
     @staticmethod
     def add_args(g) -> None:
-        g.add_argument("--arch", choices=ARCHS, default="unet", help="the segmenter that learns to restore")
+        g.add_argument("--arch", choices=models.ARCHS.names(), default="unet", help="the segmenter that learns to restore")
         g.add_argument("--nonlinear-prob", type=float, default=0.9, help="share of slices given a Bezier intensity curve")
         g.add_argument("--shuffle-prob", type=float, default=0.5, help="share given local pixel shuffling")
         g.add_argument("--paint-prob", type=float, default=0.9, help="share given in- or out-painting")

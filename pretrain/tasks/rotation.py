@@ -23,7 +23,7 @@ from torch import nn
 
 from models import RotationHead, pooled_features
 
-from ..registry import PretextTask, register
+from ..registry import TASKS, PretextTask
 from ..views import accuracy, content, random_square, resize
 
 
@@ -69,7 +69,7 @@ class RotationModel(nn.Module):
         return self.rotate_all(x[:4])[0]
 
 
-@register
+@TASKS.register
 class Rotation(PretextTask):
     name = "rotation"
     paper = "Gidaris et al. 2018, arXiv:1803.07728"

@@ -33,7 +33,7 @@ from torch import nn
 import scans
 from models import pooled_features, simclr_projection_head
 
-from ..registry import PretextTask, register
+from ..registry import TASKS, PretextTask
 
 
 @dataclass(frozen=True)
@@ -181,7 +181,7 @@ class SimCLRModel(nn.Module):
         return torch.stack([x0, x1], 1).flatten(0, 1).clamp(0, 1)
 
 
-@register
+@TASKS.register
 class SimCLR(PretextTask):
     name = "simclr"
     paper = "Chen et al. 2020, arXiv:2002.05709"
