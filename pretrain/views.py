@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import cv2
 import numpy as np
+import torch
 
 
 def content(img: np.ndarray, box) -> np.ndarray:
@@ -28,5 +29,7 @@ def resize(img: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return cv2.resize(np.ascontiguousarray(img, dtype=np.float32), (size[1], size[0]), interpolation=cv2.INTER_LINEAR)
 
 
-def accuracy(logits, target) -> float:
+def accuracy(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Share of rows of ``logits`` (N, C) whose argmax is ``target`` (N,): a 0-d float tensor, left on the
+    device so the training loop can average it without a host sync each step."""
     return (logits.argmax(1) == target).float().mean()

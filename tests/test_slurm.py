@@ -159,7 +159,7 @@ def test_slurm_grid_pretrain_finetune_collect(slurm_cluster, tmp_path, small_msd
     limits = {key: subprocess.run(["scontrol", "show", "job", entry["job_id"]], capture_output=True, text=True).stdout
               for key, entry in registry.items()}
     # the config's timeout_min (10) is every training job's limit, not the profile's time_min (30)
-    assert "TimeLimit=00:10:00" in limits["pretrain/simclr"], limits["pretrain/simclr"]
+    assert "TimeLimit=00:10:00" in limits["pretrain/simclr/P0"], limits["pretrain/simclr/P0"]
     assert all("TimeLimit=00:10:00" in text for key, text in limits.items() if key != "collect" and text), limits
     collect_id = registry["collect"]["job_id"]
     wait_for(lambda: squeue_state(collect_id) is None, "the collector job",
