@@ -26,6 +26,8 @@ def runtime_parser(log_every: int = 10, ckpt_every: int = 0, workers: int = 0) -
     g.add_argument("--progress-every", type=float, default=30.0,
                    help="seconds between progress lines when not on a terminal")
     g.add_argument("--sleep-per-step", type=float, default=0.0, help="slow the run down (tests of interruption)")
+    g.add_argument("--wait-at-step", type=int, default=0,
+                   help="after step N, wait for a stop signal (tests of interruption: the signal lands at a known step)")
     return p
 
 
@@ -39,7 +41,7 @@ def check_runtime_args(args) -> None:
     for name in ("log_every",):
         if getattr(args, name) < 1:
             raise ConfigError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
-    for name in ("ckpt_every", "stop_at_step", "progress_every", "sleep_per_step"):
+    for name in ("ckpt_every", "stop_at_step", "progress_every", "sleep_per_step", "wait_at_step"):
         value = getattr(args, name)
         if not value >= 0 or not math.isfinite(value):
             raise ConfigError(f"--{name.replace('_', '-')} must be >= 0, got {value}")

@@ -27,6 +27,7 @@ NOT_IDENTITY = {
     "stop_at_step": "stop early as if interrupted; running again resumes to the same end",
     "progress_every": "how often a progress line is printed off a terminal",
     "sleep_per_step": "a slow-down for tests of interruption",
+    "wait_at_step": "a pause until a stop signal, for tests of interruption; running again resumes to the same end",
 }
 
 

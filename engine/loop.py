@@ -163,8 +163,18 @@ class LoopSettings:
     stop_at_step: int = 0           # act as if a stop signal came after this step (0: never)
     progress_every: float = 30.0    # seconds between progress lines off a terminal
     sleep_per_step: float = 0.0     # slow the run down (tests of interruption); changes no number
+    wait_at_step: int = 0           # after this step, wait for a stop signal on any process (0: never)
     tb_prefix: str = "train/"       # TensorBoard tag prefix of the logged scalars
     desc: str = "train"             # progress label
+
+
+def wait_for_stop(stop: StopSignal, step: int, progress: Progress) -> None:
+    """Wait until a stop signal reaches any process (``--wait-at-step``): a test sends its signal once it reads
+    the line printed here, so the run stops after a known step however slow the machine. Every process polls
+    the same collective, so all leave the wait together."""
+    progress.write(f"waiting at step {step} for a stop signal")
+    while not agree(stop.received):
+        time.sleep(0.05)
 
 
 def resume(run: RunFolder, state: TrainState, log_enabled: bool = True) -> JsonlLog:
@@ -233,6 +243,8 @@ def fit(run: RunFolder, state: TrainState, trainer: Trainer, device: torch.devic
                 time.sleep(s.sleep_per_step)
             if s.stop_at_step and step == s.stop_at_step:
                 stop.received = max(stop.received, STOP_AT_STEP)
+            if s.wait_at_step and step == s.wait_at_step:
+                wait_for_stop(stop, step, progress)
             halted = agree(stop.received)  # every process stops after the same step
             if halted or step >= s.total:
                 break

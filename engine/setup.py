@@ -45,7 +45,7 @@ def loop_settings(args, total: int, per_epoch: int, images_per_step: int, lr: fl
     return LoopSettings(total=total, per_epoch=per_epoch, lr=lr, warmup=max(1, round(warmup_fraction * total)),
                         images_per_step=images_per_step, amp=args.amp, log_every=args.log_every,
                         ckpt_every=args.ckpt_every, stop_at_step=args.stop_at_step, progress_every=args.progress_every,
-                        sleep_per_step=args.sleep_per_step, **kw)
+                        sleep_per_step=args.sleep_per_step, wait_at_step=args.wait_at_step, **kw)
 
 
 def make_loader(dataset, sampler: ResumableSampler, batch_size: int, workers: int, device: torch.device,

@@ -1,5 +1,7 @@
+"""python -m pretrain: see pretrain/train.py for the launch commands (or python -m pretrain --help)."""
 import sys
 
 from .train import main
 
-sys.exit(main())
+if __name__ == "__main__":
+    sys.exit(main())

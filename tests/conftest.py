@@ -4,6 +4,9 @@ from pathlib import Path
 import pytest
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+# One intra-op thread for torch here and in every process a test starts: the suite's tensors are tiny, and on a
+# machine whose other cores are busy a second OpenMP thread waits for a core and makes each step many times slower.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT / "data" / "msd_hippocampus"

@@ -4,7 +4,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -289,32 +288,40 @@ def test_stop_at_step_and_resume_equal_an_uninterrupted_run(task, workers, tmp_p
 
 def _cli(out, split, *extra):
     return [sys.executable, "-m", "pretrain", "--task", "rotation", "--split", str(split), "--out", str(out),
-            "--steps", "100", "--batch-size", "4", "--max-cases", "2", "--ckpt-every", "1", "--log-every", "1", *extra]
+            "--steps", "30", "--batch-size", "4", "--max-cases", "2", "--ckpt-every", "1", "--log-every", "1", *extra]
+
+
+def read_until(proc: subprocess.Popen, text: str) -> str:
+    """The output of ``proc`` up to and including the first line that holds ``text`` (all of it if none does)."""
+    seen = []
+    for line in iter(proc.stdout.readline, b""):
+        seen.append(line.decode())
+        if text in seen[-1]:
+            break
+    return "".join(seen)
 
 
 @pytest.mark.parametrize("sig", [signal.SIGKILL])
 def test_a_signal_mid_run_then_the_same_command_resumes(sig, tmp_path, split_file):
-    """The run sleeps 1 s per step and is killed as soon as its first checkpoint is on disk, so the signal lands
-    mid-run unless this process stalls for more than a minute and a half; the resumed run does not sleep.
-    (SIGTERM, SIGUSR1, SIGUSR2 and SIGINT are checked in the loop itself, test_engine, and on one rank of
-    two, below; kill -9 leaves the last periodic checkpoint.)"""
+    """The run checkpoints every step and waits after step 5 (``--wait-at-step``); killed there, it leaves the
+    checkpoint of step 4, and the same command resumes from it. (SIGTERM, SIGUSR1, SIGUSR2 and SIGINT are
+    checked in the loop itself, test_engine, and on one rank of two, below; kill -9 leaves the last periodic
+    checkpoint.)"""
     out = tmp_path / "run"
     env = {**os.environ, "NO_ALBUMENTATIONS_UPDATE": "1"}
-    proc = subprocess.Popen(_cli(out, split_file, "--sleep-per-step", "1"), cwd=ROOT, env=env,
+    proc = subprocess.Popen(_cli(out, split_file, "--wait-at-step", "5"), cwd=ROOT, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    while not (out / "checkpoint.pt").exists() and proc.poll() is None:
-        time.sleep(0.02)
+    head = read_until(proc, "waiting at step 5")
     proc.send_signal(sig)
-    log = proc.communicate(timeout=600)[0].decode()
-    assert proc.returncode != 0, log
-    ckpt = torch.load(out / "checkpoint.pt", weights_only=True)
-    assert 1 <= ckpt["step"] < 100
+    log = head + proc.communicate(timeout=600)[0].decode()
+    assert proc.returncode == -sig, log
+    assert torch.load(out / "checkpoint.pt", weights_only=True)["step"] == 4
     done = subprocess.run(_cli(out, split_file), cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout + done.stderr
-    assert f"resuming from {out / 'checkpoint.pt'} at step {ckpt['step']}/100" in done.stdout
-    assert json.loads((out / "summary.json").read_text())["step"] == 100
+    assert f"resuming from {out / 'checkpoint.pt'} at step 4/30" in done.stdout
+    assert json.loads((out / "summary.json").read_text())["step"] == 30
     steps = [json.loads(l)["step"] for l in (out / "log.jsonl").read_text().splitlines()]
-    assert steps == list(range(1, 101))
+    assert steps == list(range(1, 31))
 
 
 def test_simclr_two_processes_gather_negatives(tmp_path):
@@ -349,10 +356,10 @@ def rank_processes(parent: int) -> dict[int, int]:
 
 
 def test_two_ranks_stop_together_on_a_signal_to_one_and_resume_to_the_same_encoder(tmp_path, split_file):
-    """2-rank SimCLR (gloo): SIGTERM to rank 1 alone once step 3 is logged (each step sleeps 2 s, so the signal
-    lands mid-run unless this process stalls for over a minute); both ranks stop at one step, one checkpoint
-    holds both ranks' random states, and running again ends bit-identical to an uninterrupted 2-rank run. A
-    1-process run is then refused on that folder, naming the world size."""
+    """2-rank SimCLR (gloo): both ranks wait after step 3 (``--wait-at-step``) and rank 1 alone gets SIGTERM;
+    both ranks stop after step 3, one checkpoint holds both ranks' random states, and running again ends
+    bit-identical to an uninterrupted 2-rank run. A 1-process run is then refused on that folder, naming the
+    world size."""
     base = ["-m", "pretrain", "--task", "simclr", "--split", str(split_file), "--steps", "40", "--batch-size", "4",
             "--max-cases", "2", "--device", "cpu", "--workers", "0", "--ckpt-every", "1000"]
     ref, out = tmp_path / "ref", tmp_path / "sig"
@@ -360,20 +367,19 @@ def test_two_ranks_stop_together_on_a_signal_to_one_and_resume_to_the_same_encod
                        timeout=300)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     assert json.loads((ref / "summary.json").read_text())["world_size"] == 2
-    proc = subprocess.Popen(torchrun(2, *base, "--out", str(out), "--sleep-per-step", "2", "--log-every", "1"),
+    proc = subprocess.Popen(torchrun(2, *base, "--out", str(out), "--wait-at-step", "3", "--log-every", "1"),
                             cwd=ROOT, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    while proc.poll() is None and len((out / "log.jsonl").read_text().splitlines() if (out / "log.jsonl").exists() else []) < 3:
-        time.sleep(0.05)
+    head = read_until(proc, "waiting at step 3")
     ranks = rank_processes(proc.pid)
-    assert sorted(ranks) == [0, 1], ranks
+    assert sorted(ranks) == [0, 1], (ranks, head[-3000:])
     os.kill(ranks[1], signal.SIGTERM)
-    log = proc.communicate(timeout=300)[0].decode()
+    log = head + proc.communicate(timeout=300)[0].decode()
     ckpt = torch.load(out / "checkpoint.pt", weights_only=True)
-    assert 3 <= ckpt["step"] < 40 and len(ckpt["rng"]) == 2, log[-3000:]
-    assert f"stopped (SIGTERM) at step {ckpt['step']}/40" in log
+    assert ckpt["step"] == 3 and len(ckpt["rng"]) == 2, log[-3000:]
+    assert "stopped (SIGTERM) at step 3/40" in log
     r = subprocess.run(torchrun(2, *base, "--out", str(out)), cwd=ROOT, env=ENV, capture_output=True, text=True,
                        timeout=300)
-    assert r.returncode == 0 and f"resuming from {out / 'checkpoint.pt'} at step {ckpt['step']}/40" in r.stdout, r.stderr[-2000:]
+    assert r.returncode == 0 and f"resuming from {out / 'checkpoint.pt'} at step 3/40" in r.stdout, r.stderr[-2000:]
     a = torch.load(ref / "encoder.pt", weights_only=True)["state_dict"]
     b = torch.load(out / "encoder.pt", weights_only=True)["state_dict"]
     assert all(torch.equal(a[k], b[k]) for k in a)

@@ -4,8 +4,8 @@ check that it saves, requeues and resumes to the same encoder. The cluster is st
 test fails. Profiles and the distributed environment are checked without the cluster.
 
 No wait assumes a speed: a wait fails only when nothing has moved (job state, log lines, files)
-for STALL seconds, and the time-limited job sleeps 0.5 s per step for longer than SLURM may take
-to send its warning, so the warning always lands while it trains, however fast or busy the machine is.
+for STALL seconds, and the time-limited job waits after a step (``--wait-at-step``) until SLURM's
+warning comes, so the warning always lands while it trains, however fast or busy the machine is.
 """
 import csv
 import json
@@ -85,18 +85,18 @@ def split(tmp_path_factory, data_dir):
 def test_a_job_past_its_time_limit_saves_requeues_and_resumes_to_the_same_encoder(slurm_cluster, finetune_job, tmp_path,
                                                                                    split):
     """A 1-minute time limit with the warning (USR2) 10 s before it: slurmctld checks limits every 30 s and
-    sends the warning up to 30 s early, so it comes 20 to 50 s after the start, while the run (100 steps of
-    at least 0.5 s) trains. The run stops after the step in flight, saves, and submitit requeues it (as
-    often as it takes: a busy machine starts each attempt later and gets fewer steps done in it); each
-    attempt resumes exactly where the last one stopped (nothing lost), and the final encoder equals an
-    uninterrupted run's."""
+    sends the warning up to 30 s early, so it comes 20 to 50 s after the start. The run waits after step 5
+    until a stop signal comes (``--wait-at-step``), so the warning lands while it trains; it stops after the
+    step in flight, saves, and submitit requeues it (as often as it takes: on a busy machine the warning may
+    come before step 5); each attempt resumes exactly where the last one stopped (nothing lost), and the
+    final encoder equals an uninterrupted run's."""
     profile = tmp_path / "limited.yaml"
     profile.write_text(PROFILE.read_text() + "\ntime_min: 1\nsignal_delay_s: 10\nmax_requeues: 50\n")
     run = ["--task", "rotation", "--split", str(split), "--steps", "100", "--batch-size", "8", "--max-cases", "4",
            "--ckpt-every", "1000", "--log-every", "1", "--device", "cpu"]
     out, ref = tmp_path / "limited", tmp_path / "ref"
     r = subprocess.run([sys.executable, "-m", "slurm", "submit", "pretrain", "--profile", str(profile), *run,
-                        "--sleep-per-step", "0.5", "--out", str(out)], cwd=ROOT, capture_output=True, text=True, timeout=300)
+                        "--wait-at-step", "5", "--out", str(out)], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stdout + r.stderr
     job_id = re.search(r"submitted pretrain job (\d+)", r.stdout).group(1)
     done = subprocess.run([sys.executable, "-m", "pretrain", *run, "--out", str(ref)], cwd=ROOT, capture_output=True,
