@@ -31,8 +31,8 @@ DEFAULTS = {
     "imagenet_weights": None,     # local timm weights file; 'imagenet' init needs it
     "archs": sorted(models.ARCHS),
     "fractions": [0.01, 0.1, 1.0],
-    "label_seeds": [0],           # which labelled volumes; a list, or fraction -> list
-    "train_seeds": [0],           # weights, data order, augmentation; a list, or fraction -> list
+    "label_seeds": [0],           # which labelled volumes; a list, or fraction -> list (or arch -> either)
+    "train_seeds": [0],           # weights, data order, augmentation; a list, or fraction -> list (or arch -> either)
     "groups": None,               # case -> subject JSON map; default: the dataset's protocol.json
     "norm": "percentile",         # per-volume intensity normalisation of pretraining and fine-tuning alike:
     "window": None,               #   percentile, zscore, or ct with window [LEVEL, WIDTH] (python -m finetune --help)
@@ -135,10 +135,13 @@ def load_config(path: str | Path) -> dict:
             raise ConfigError(f"{p}: label fraction must be in (0, 1], got {f}")
     cfg["fractions"] = [float(f) for f in cfg["fractions"]]
     for key in ("label_seeds", "train_seeds"):
-        for f in cfg["fractions"]:
-            seeds = per_fraction(cfg[key], f, f"{p}: {key}")
-            if not seeds or not all(isinstance(s, int) and s >= 0 for s in seeds) or len(set(seeds)) != len(seeds):
-                raise ConfigError(f"{p}: {key} for fraction {f} must be distinct integers >= 0, got {seeds!r}")
+        if isinstance(cfg[key], dict) and set(map(str, cfg[key])) & set(models.ARCHS) and set(cfg[key]) != set(cfg["archs"]):
+            raise ConfigError(f"{p}: {key} per architecture must name each of {cfg['archs']}, got {sorted(cfg[key])}")
+        for a in cfg["archs"]:
+            for f in cfg["fractions"]:
+                seeds = seeds_of(cfg, key, a, f)
+                if not seeds or not all(isinstance(s, int) and s >= 0 for s in seeds) or len(set(seeds)) != len(seeds):
+                    raise ConfigError(f"{p}: {key} for {a} at fraction {f} must be distinct integers >= 0, got {seeds!r}")
     check_normalization(cfg, p)
     if cfg["groups"] and not Path(cfg["groups"]).is_file():
         raise ConfigError(f"{p}: groups file {cfg['groups']} does not exist")
@@ -209,6 +212,15 @@ def per_fraction(value, fraction: float, where: str):
                 return v
         raise ConfigError(f"{where} has no entry for fraction {fraction}")
     return value
+
+
+def seeds_of(cfg: dict, key: str, arch: str, fraction: float) -> list:
+    """``label_seeds`` or ``train_seeds`` of an architecture at a fraction: the setting is a list, a mapping
+    fraction -> list, or a mapping architecture -> either of those."""
+    value = cfg[key]
+    if isinstance(value, dict) and arch in value:
+        value = value[arch]
+    return per_fraction(value, fraction, f"{cfg['config_path']}: {key}" + (f".{arch}" if value is not cfg[key] else ""))
 
 
 def finetune_steps(cfg: dict, fraction: float) -> int:

@@ -21,7 +21,7 @@ from pathlib import Path
 from engine import as_flags
 from pretrain import TASKS
 
-from .config import BASE_INITS, finetune_steps, normalization_flags, per_fraction
+from .config import BASE_INITS, finetune_steps, normalization_flags, per_fraction, seeds_of
 
 
 @dataclass(frozen=True)
@@ -38,15 +38,15 @@ def split_path(cfg: dict) -> str:
     return str(Path(cfg["runs_dir"]) / "splits.json")
 
 
-def replicates(cfg: dict, fraction: float) -> list[tuple[int, int]]:
-    """(label seed, training seed) pairs of a fraction: every label seed with every training seed."""
-    where = cfg["config_path"]
-    return list(itertools.product(per_fraction(cfg["label_seeds"], fraction, f"{where}: label_seeds"),
-                                  per_fraction(cfg["train_seeds"], fraction, f"{where}: train_seeds")))
+def replicates(cfg: dict, arch: str, fraction: float) -> list[tuple[int, int]]:
+    """(label seed, training seed) pairs of an architecture at a fraction: every label seed with every training
+    seed."""
+    return list(itertools.product(seeds_of(cfg, "label_seeds", arch, fraction),
+                                  seeds_of(cfg, "train_seeds", arch, fraction)))
 
 
 def all_label_seeds(cfg: dict) -> list[int]:
-    return sorted({l for f in cfg["fractions"] for l, _ in replicates(cfg, f)})
+    return sorted({l for a in cfg["archs"] for f in cfg["fractions"] for l, _ in replicates(cfg, a, f)})
 
 
 def pretrain_seed(cfg: dict, label_seed: int) -> int:
@@ -120,7 +120,7 @@ def finetune_runs(cfg: dict) -> list[Run]:
                 # an init's own recipe names its folders, so configs that differ only in it can share a runs_dir
                 name = init + (f"@{budget}x" if budget != 1 else "") + "".join(f"+{k}{v}" for k, v in sorted(own.items()))
                 for frac in cfg["fractions"]:
-                    for label_seed, seed in replicates(cfg, frac):
+                    for label_seed, seed in replicates(cfg, arch, frac):
                         p = None if base else pretrain_seed(cfg, label_seed)
                         rep = f"L{label_seed}_S{seed}" + ("" if base else f"_P{p}")
                         out = str(Path(cfg["runs_dir"]) / arch / name / f"frac{frac:g}" / rep)

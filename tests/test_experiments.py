@@ -72,6 +72,15 @@ def test_grid_runs_replicates_and_dependencies(tmp_path, small_msd):
     assert pretrain_runs(other)[0].out == pre[0].out  # same data, split and pretraining: one shared encoder
 
 
+def test_seeds_per_architecture(tmp_path, small_msd):
+    """``train_seeds: {unet: [0, 1], transunet: [0]}``: each architecture its own replicates."""
+    cfg = load_config(write_config(tmp_path, small_msd, label_seeds=[0, 1], train_seeds={"unet": [0, 1], "transunet": [0]}))
+    count = lambda arch: sum(r.cell["arch"] == arch for r in finetune_runs(cfg))  # noqa: E731
+    assert (count("unet"), count("transunet")) == (2 * 2 * 2 * 2, 2 * 2 * 2 * 1)  # inits x fractions x label x train
+    with pytest.raises(ConfigError, match=r"train_seeds per architecture must name each of \['unet', 'transunet'\]"):
+        load_config(write_config(tmp_path, small_msd, "bad.yaml", train_seeds={"unet": [0, 1]}))
+
+
 def test_pretraining_seeds_budgets_whole_network_tasks_and_init_recipes(tmp_path, small_msd):
     """Three pretraining seeds: each task pretrained three times, a replicate fine-tunes the encoder of seed
     label_seed % 3 (so label seeds nest in pretraining runs); budgets multiply the epochs; restore is pretrained
