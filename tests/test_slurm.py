@@ -103,10 +103,23 @@ def test_a_job_past_its_time_limit_saves_requeues_and_resumes_to_the_same_encode
                           text=True, timeout=600)  # the uninterrupted run, on this machine meanwhile
     assert done.returncode == 0, done.stderr[-2000:]
 
+    pending_since = []
+
     def finished():
-        if squeue_state(job_id) == "PENDING":
-            release_hold(job_id)  # a requeued job is held ~2 min (Reason=BeginTime); start it now
-        return (out / "summary.json").is_file()
+        # A requeued job is held ~2 min (Reason=BeginTime); start it sooner, but not within the second of its
+        # requeue: slurmd revokes the old attempt's credential with a timestamp in seconds, and an attempt
+        # started in that same second is killed ("Job credential revoked"). Later is always safe.
+        state, done = squeue_state(job_id), (out / "summary.json").is_file()
+        if state == "PENDING":
+            pending_since[:] = pending_since or [time.time()]
+            if time.time() - pending_since[0] >= 3:
+                release_hold(job_id)
+        else:
+            pending_since.clear()
+        if state is None and not done:
+            logs = "".join(p.read_text() for p in sorted((out / "slurm").glob("*_log.*")))
+            raise AssertionError(f"job {job_id} left the queue unfinished:\n{logs[-3000:]}")
+        return done
     moving = lambda: (squeue_state(job_id), snapshot(out))  # noqa: E731
     wait_for(finished, "the time-limited job to finish", moving)
     wait_for(lambda: squeue_state(job_id) is None, "the job to leave the queue", moving)
