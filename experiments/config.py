@@ -135,7 +135,7 @@ def load_config(path: str | Path) -> dict:
             raise ConfigError(f"{p}: label fraction must be in (0, 1], got {f}")
     cfg["fractions"] = [float(f) for f in cfg["fractions"]]
     for key in ("label_seeds", "train_seeds"):
-        if isinstance(cfg[key], dict) and set(map(str, cfg[key])) & set(models.ARCHS) and set(cfg[key]) != set(cfg["archs"]):
+        if by_arch(cfg[key]) and set(cfg[key]) != set(cfg["archs"]):
             raise ConfigError(f"{p}: {key} per architecture must name each of {cfg['archs']}, got {sorted(cfg[key])}")
         for a in cfg["archs"]:
             for f in cfg["fractions"]:
@@ -214,13 +214,18 @@ def per_fraction(value, fraction: float, where: str):
     return value
 
 
+def by_arch(value) -> bool:
+    """Whether a seeds setting is a mapping architecture -> setting."""
+    return isinstance(value, dict) and bool(set(map(str, value)) & set(models.ARCHS))
+
+
 def seeds_of(cfg: dict, key: str, arch: str, fraction: float) -> list:
     """``label_seeds`` or ``train_seeds`` of an architecture at a fraction: the setting is a list, a mapping
     fraction -> list, or a mapping architecture -> either of those."""
-    value = cfg[key]
-    if isinstance(value, dict) and arch in value:
-        value = value[arch]
-    return per_fraction(value, fraction, f"{cfg['config_path']}: {key}" + (f".{arch}" if value is not cfg[key] else ""))
+    value, where = cfg[key], f"{cfg['config_path']}: {key}"
+    if by_arch(value):
+        value, where = value[arch], f"{where}.{arch}"
+    return per_fraction(value, fraction, where)
 
 
 def finetune_steps(cfg: dict, fraction: float) -> int:
