@@ -20,6 +20,23 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 
+def test_every_committed_config_loads_and_plans(monkeypatch):
+    monkeypatch.chdir(ROOT)
+    for path in sorted((ROOT / "experiments" / "configs").glob("*.yaml")):
+        cfg = load_config(path)
+        assert finetune_runs(cfg) and pretrain_runs(cfg), path.name
+
+
+def test_the_lowlabel_redraw_shares_random_init_runs_and_draws_every_encoder_anew(monkeypatch):
+    monkeypatch.chdir(ROOT)
+    first, second = (load_config(ROOT / "experiments" / "configs" / f"{n}.yaml") for n in ("lowlabel", "lowlabel_redraw"))
+    runs = [{r.out: r for r in finetune_runs(c)} for c in (first, second)]
+    assert runs[0].keys() & runs[1].keys() == {o for o, r in runs[0].items() if r.cell["init"] == "random"} != set()
+    assert len(runs[0]) == len(runs[1]) == 150
+    assert {r.cell["pretrain_seed"] for r in runs[1].values()} == {None, 3, 4, 5}
+    assert not {r.out for r in pretrain_runs(first)} & {r.out for r in pretrain_runs(second)}
+
+
 def test_config_checks_keys_and_drops_imagenet_without_weights(tmp_path, small_msd):
     cfg = load_config(write_config(tmp_path, small_msd, inits=["random", "imagenet", "simclr"]))
     assert cfg["inits"] == ["random", "simclr"] and cfg["name"] == "tiny"
