@@ -170,3 +170,17 @@ def test_cells_rest_on_pretraining_runs_and_budgets_compare_in_pairs():
     table = budget_csv(budget_rows(cfg, stats, rows, {("unet", "restore", 0.01): growth})).splitlines()
     assert table[0].startswith("task,pretrain_steps,budget,arch,fraction,n,n_paired,pretrain_seeds,mean_dice,delta_vs_random")
     assert [r.split(",")[:3] for r in table[1:]] == [["random", "0", "1"], ["restore", "100", "1"], ["restore", "400", "4"]]
+
+
+def test_each_pretraining_run_is_credited_with_its_own_replicates_only():
+    from experiments.render import run_transfer
+
+    def ft(init, label_seed, dice, pretrain_seed=None, arch="unet", budget=1):
+        return {"kind": "finetune", "arch": arch, "init": init, "fraction": 0.01, "label_seed": label_seed, "seed": 0,
+                "budget": budget, "pretrain_seed": pretrain_seed, "mean_dice": dice}
+    rows = [ft("random", 0, 0.70), ft("random", 1, 0.80), ft("random", 2, 0.60),
+            ft("restore", 0, 0.75, 0), ft("restore", 2, 0.70, 0), ft("restore", 1, 0.50, 1),
+            ft("restore", 0, 0.99, 0, budget=4), ft("restore", 0, 0.99, 0, arch="transunet")]
+    assert run_transfer(rows, {"task": "restore", "seed": 0, "budget": 1}, "unet", 0.01) == "+0.075 (n 2)"
+    assert run_transfer(rows, {"task": "restore", "seed": 1, "budget": 1}, "unet", 0.01) == "-0.300 (n 1)"
+    assert run_transfer(rows, {"task": "restore", "seed": 2, "budget": 1}, "unet", 0.01) == ""
