@@ -158,11 +158,15 @@ def cells_md(cfg: dict, stats: dict) -> list[str]:
     return lines
 
 
-def run_transfer(rows: list[dict], pre: dict, arch: str, fraction: float) -> str:
-    """What one pretraining run's encoder gave: the mean paired difference from random init over the replicates
-    that fine-tuned it (``+0.021 (n 6)``), or '' where none did."""
-    base = {(r["label_seed"], r["seed"]): r["mean_dice"] for r in rows if r["kind"] == "finetune"
+def random_dice(rows: list[dict], arch: str, fraction: float) -> dict:
+    """Random init's Dice per replicate ``(label_seed, seed)`` of one architecture and fraction."""
+    return {(r["label_seed"], r["seed"]): r["mean_dice"] for r in rows if r["kind"] == "finetune"
             and r["init"] == "random" and r["arch"] == arch and r["fraction"] == fraction}
+
+
+def run_transfer(rows: list[dict], pre: dict, arch: str, fraction: float, base: dict) -> str:
+    """What one pretraining run's encoder gave: the mean paired difference from random init (``base``, from
+    ``random_dice``) over the replicates that fine-tuned it (``+0.021 (n 6)``), or '' where none did."""
     diffs = [r["mean_dice"] - base[r["label_seed"], r["seed"]] for r in rows
              if r["kind"] == "finetune" and r["init"] == pre["task"] and r["arch"] == arch and r["fraction"] == fraction
              and r.get("budget", 1) == pre.get("budget", 1) and r.get("pretrain_seed") == pre.get("seed")
@@ -177,6 +181,7 @@ def encoders_md(cfg: dict, rows: list[dict]) -> list[str]:
     if not pre:
         return []
     low = min(cfg["fractions"])
+    base = {arch: random_dice(rows, arch, low) for arch in cfg["archs"]}
     lines = ["", "## Encoders", "",
              "What each pretraining run learned, next to what its own encoder gave: the pretext score over the last "
              "epoch (accuracy; for restore the share of the corrupted input's error it removes), a k-NN probe "
@@ -191,7 +196,7 @@ def encoders_md(cfg: dict, rows: list[dict]) -> list[str]:
     for r in pre:
         knn = (f"{r['knn_accuracy_start']:.3f} -> {r['knn_accuracy']:.3f}"
                if r.get("knn_accuracy") is not None and r.get("knn_accuracy_start") is not None else "-")
-        transfer = [(run_transfer(rows, r, arch, low) or "-") if r.get("arch") in (None, arch) else ""
+        transfer = [(run_transfer(rows, r, arch, low, base[arch]) or "-") if r.get("arch") in (None, arch) else ""
                     for arch in cfg["archs"]]
         task = init_name(r["task"], r.get("budget", 1)) + (f" ({r['arch']})" if r.get("arch") else "")
         lines.append(f"| {task} | {r.get('seed', '-')} | {r['steps']} | {r['final_accuracy']:.3f} ({r['chance']:.3f}) "

@@ -173,7 +173,7 @@ def test_cells_rest_on_pretraining_runs_and_budgets_compare_in_pairs():
 
 
 def test_each_pretraining_run_is_credited_with_its_own_replicates_only():
-    from experiments.render import run_transfer
+    from experiments.render import random_dice, run_transfer
 
     def ft(init, label_seed, dice, pretrain_seed=None, arch="unet", budget=1):
         return {"kind": "finetune", "arch": arch, "init": init, "fraction": 0.01, "label_seed": label_seed, "seed": 0,
@@ -181,6 +181,8 @@ def test_each_pretraining_run_is_credited_with_its_own_replicates_only():
     rows = [ft("random", 0, 0.70), ft("random", 1, 0.80), ft("random", 2, 0.60),
             ft("restore", 0, 0.75, 0), ft("restore", 2, 0.70, 0), ft("restore", 1, 0.50, 1),
             ft("restore", 0, 0.99, 0, budget=4), ft("restore", 0, 0.99, 0, arch="transunet")]
-    assert run_transfer(rows, {"task": "restore", "seed": 0, "budget": 1}, "unet", 0.01) == "+0.075 (n 2)"
-    assert run_transfer(rows, {"task": "restore", "seed": 1, "budget": 1}, "unet", 0.01) == "-0.300 (n 1)"
-    assert run_transfer(rows, {"task": "restore", "seed": 2, "budget": 1}, "unet", 0.01) == ""
+    base = random_dice(rows, "unet", 0.01)
+    assert base == {(0, 0): 0.70, (1, 0): 0.80, (2, 0): 0.60}
+    assert run_transfer(rows, {"task": "restore", "seed": 0, "budget": 1}, "unet", 0.01, base) == "+0.075 (n 2)"
+    assert run_transfer(rows, {"task": "restore", "seed": 1, "budget": 1}, "unet", 0.01, base) == "-0.300 (n 1)"
+    assert run_transfer(rows, {"task": "restore", "seed": 2, "budget": 1}, "unet", 0.01, base) == ""
