@@ -12,6 +12,8 @@ everything at once instead (``slurm.submit_grid``).
 from __future__ import annotations
 
 import os
+import signal
+import threading
 import time
 from pathlib import Path
 
@@ -171,8 +173,12 @@ class Schedule:
                 self.bar.write(f"         (job {job.job_id}: {len(batch)} runs in {time.time() - t0:.0f} s)")
 
     def run(self) -> dict[str, str]:
-        """Until every run is done or failed; returns failed key -> reason. Ctrl-C cancels the jobs in flight
-        (their runs resume from their checkpoints) and keeps every finished run."""
+        """Until every run is done or failed; returns failed key -> reason. Ctrl-C or SIGTERM (a grid started in
+        the background ignores Ctrl-C; ``kill PID`` stops it) cancels the jobs in flight (their runs resume from
+        their checkpoints) and keeps every finished run."""
+        previous = None
+        if threading.current_thread() is threading.main_thread():
+            previous = signal.signal(signal.SIGTERM, _terminate_as_interrupt)
         try:
             while self.pending or self.in_flight:
                 self.check_elsewhere()
@@ -187,8 +193,15 @@ class Schedule:
                            "finished runs are kept")
             raise
         finally:
+            if previous is not None:
+                signal.signal(signal.SIGTERM, previous)
             self.bar.close()
         return self.failed
+
+
+def _terminate_as_interrupt(signum, frame):
+    """SIGTERM to a grid: stop it the way Ctrl-C does."""
+    raise KeyboardInterrupt(f"stopped by {signal.Signals(signum).name}")
 
 
 def plan(cfg: dict, world_size: int = 1) -> tuple[list[Run], list[Run], list[Run]]:

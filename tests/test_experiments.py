@@ -1,7 +1,9 @@
 """The grid runner: configs, an end-to-end tiny reproduction through submitit's local executor."""
 import csv
 import json
+import os
 import re
+import signal
 from pathlib import Path
 
 import pytest
@@ -10,8 +12,8 @@ from PIL import Image
 from engine import ConfigError
 from experiments import load_config
 from experiments.__main__ import main as experiments_main
-from experiments.grid import finetune_runs, pretrain_runs
-from experiments.reproduce import plan
+from experiments.grid import Run, finetune_runs, pretrain_runs
+from experiments.reproduce import Schedule, plan
 from experiments.state import run_state
 from helpers import hold_folder, write_config
 
@@ -35,6 +37,38 @@ def test_the_lowlabel_redraw_shares_random_init_runs_and_draws_every_encoder_ane
     assert len(runs[0]) == len(runs[1]) == 150
     assert {r.cell["pretrain_seed"] for r in runs[1].values()} == {None, 3, 4, 5}
     assert not {r.out for r in pretrain_runs(first)} & {r.out for r in pretrain_runs(second)}
+
+
+def test_sigterm_stops_a_grid_like_ctrl_c_cancelling_its_jobs_in_flight():
+    """A grid started in the background ignores Ctrl-C; ``kill PID`` must still cancel its jobs (each then
+    checkpoints) rather than leave them running. The signal is sent from inside the loop, at a known point."""
+    class Job:
+        job_id, cancelled, polls = "1", False, 0
+
+        def done(self):
+            self.polls += 1
+            if self.polls == 2:
+                os.kill(os.getpid(), signal.SIGTERM)
+            return False
+
+        def cancel(self, check=True):
+            self.cancelled = True
+
+    class Executor:
+        jobs = []
+
+        def submit(self, fn, *args):
+            self.jobs.append(Job())
+            return self.jobs[-1]
+
+    ex = Executor()
+    before = signal.getsignal(signal.SIGTERM)
+    runs = [Run("pretrain", "pretrain/rotation/P0", "unused", ("--steps", "1")),
+            Run("finetune", "unet/rotation/frac1/L0_S0_P0", "unused", ("--steps", "1"), needs=("pretrain/rotation/P0",))]
+    with pytest.raises(KeyboardInterrupt, match="SIGTERM"):
+        Schedule(runs, ex, parallel=2, threads=1).run()
+    assert len(ex.jobs) == 1 and ex.jobs[0].cancelled  # the fine-tuning run never started
+    assert signal.getsignal(signal.SIGTERM) is before
 
 
 def test_config_checks_keys_and_drops_imagenet_without_weights(tmp_path, small_msd):
